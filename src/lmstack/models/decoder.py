@@ -1,0 +1,87 @@
+"""`DecoderLM`: a decoder-only causal language model, GPT-2 style or Llama style by config."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from lmstack.models.blocks import (
+    Block,
+    Embeddings,
+    KVCache,
+    RotaryEmbedding,
+    build_attention_mask,
+    default_positions,
+    init_weights,
+    make_norm,
+)
+from lmstack.models.config import ModelConfig
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = Embeddings(cfg)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta) if cfg.position == "rope" else None
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = make_norm(cfg) if cfg.pre_norm else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.tokens.weight
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """A preallocated KV cache matching this model's dtype and device."""
+        p = self.embed.tokens.weight
+        c = self.cfg
+        return KVCache(c.n_layers, batch, c.kv_heads, max_len or c.max_seq_len, c.head_dim, p.dtype, p.device)
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """Final-norm hidden states (B, T, d). `attention_mask` (B, past + T), 1 = real token, covers the
+        cached tokens too; `positions` default to counting real tokens."""
+        start = cache.length if cache is not None else 0
+        seq = input_ids.shape[1]
+        if start + seq > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + seq} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        if positions is None:
+            positions = default_positions(input_ids, start, attention_mask)
+        x = self.embed(input_ids, positions)
+        rope = self.rope(positions) if self.rope is not None else None
+        mask, is_causal = build_attention_mask(seq, start + seq, True, attention_mask, input_ids.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, is_causal, rope, cache, i)
+        if cache is not None:
+            cache.length += seq
+        return self.norm(x)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """Logits (B, T, vocab)."""
+        return self.lm_head(self.hidden_states(input_ids, attention_mask, positions, cache))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.tokens.weight.numel()
+            if self.embed.positions is not None:
+                n -= self.embed.positions.weight.numel()
+        return n
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
+        """Shortcut for `lmstack.generate.sampling.generate(self, ...)`."""
+        from lmstack.generate.sampling import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)
