@@ -1,0 +1,210 @@
+"""Training checkpoints: a directory per step, written to a temp directory and renamed into place (atomic),
+with a manifest of SHA-256 checksums written last so that partial or corrupt checkpoints are detected.
+
+Layout of `RUN_DIR/step-00000100/`: `model.safetensors`, `config.json`, `tokenizer.json` (+ config),
+`trainer_state.pt` (optimizer, scheduler, RNG, step, data position), `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from lmstack.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+PREFIX = "step-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temp file + fsync + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    trainer_state: dict[str, Any] | None,
+    write_extras: Callable[[Path], None] | None = None,
+    keep: int = 0,
+) -> Path:
+    """Save and return `run_dir/step-XXXXXXXX`; keep only the newest `keep` good checkpoints (0 = all)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / checkpoint_name(step)
+    tmp = run_dir / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))  # de-duplicates tied weights
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+    if write_extras is not None:
+        write_extras(tmp)
+    files = {}
+    for f in sorted(tmp.iterdir()):
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+        files[f.name] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
+    write_json(tmp / MANIFEST, {"format": 1, "step": step, "files": files})
+    _fsync_dir(tmp)
+    if final.exists():  # e.g. a corrupt checkpoint of the same step from before a resume
+        stale = run_dir / f".stale-{final.name}-{os.getpid()}"
+        os.replace(final, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(run_dir)
+    if keep > 0:
+        good = [p for p in list_checkpoints(run_dir) if verify_checkpoint(p, raise_error=False) is None]
+        for old in good[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint directories of a run, oldest first (temp directories of interrupted saves excluded)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def remove_partial_saves(run_dir: str | Path) -> list[Path]:
+    """Delete temp directories left by saves that were interrupted (e.g. by kill -9)."""
+    removed = []
+    for p in Path(run_dir).glob(".tmp-" + PREFIX + "*"):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+def verify_checkpoint(path: str | Path, raise_error: bool = True) -> str | None:
+    """Check the manifest and every file's size and SHA-256. Returns None if good, else the reason (or raises)."""
+    path = Path(path)
+    reason = None
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        reason = "no manifest.json (the save never finished)"
+    else:
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            files = manifest["files"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            manifest, files = None, {}
+            reason = f"unreadable manifest.json ({exc})"
+        for name, meta in files.items():
+            f = path / name
+            if not f.is_file():
+                reason = f"{name} is missing"
+            elif f.stat().st_size != meta.get("bytes"):
+                reason = f"{name} has {f.stat().st_size} bytes, the manifest says {meta.get('bytes')} (truncated?)"
+            elif _sha256(f) != meta.get("sha256"):
+                reason = f"{name} fails its SHA-256 checksum (corrupt)"
+            if reason:
+                break
+    if reason and raise_error:
+        raise CheckpointError(f"checkpoint {path} is not usable: {reason}")
+    return reason
+
+
+def latest_good_checkpoint(run_dir: str | Path, warn: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint that verifies; every newer bad one is reported through `warn`."""
+    for path in reversed(list_checkpoints(run_dir)):
+        reason = verify_checkpoint(path, raise_error=False)
+        if reason is None:
+            return path
+        warn(f"skipping checkpoint {path.name}: {reason}; falling back to the previous one")
+    return None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load `model.safetensors` of a verified checkpoint into `model` (strict)."""
+    try:
+        missing, unexpected = load_model(model, str(Path(path) / "model.safetensors"), strict=False)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read weights in {path}: {exc}") from exc
+    # tied weights are stored once; safetensors reports the alias as missing
+    missing = [k for k in missing if not _is_tied_alias(model, k)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in {path} do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def _is_tied_alias(model: nn.Module, key: str) -> bool:
+    target = dict(model.named_parameters(remove_duplicate=False)).get(key)
+    return target is not None and any(
+        p is target for name, p in model.named_parameters() if name != key
+    )
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    try:
+        return torch.load(Path(path) / "trainer_state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds on corrupt pickles
+        raise CheckpointError(f"cannot read trainer_state.pt in {path}: {exc}") from exc
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or a run directory → its newest good checkpoint."""
+    path = Path(path)
+    if (path / MANIFEST).is_file() or path.name.startswith(PREFIX):
+        verify_checkpoint(path)
+        return path
+    found = latest_good_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"{path} is neither a checkpoint nor a run directory with a good checkpoint")
+    return found
+
+
+def load_model_for_inference(path: str | Path, device: str = "cpu"):
+    """(model in eval mode, tokenizer) from an lmstack checkpoint or run directory."""
+    from lmstack.config import from_dict
+    from lmstack.models import ModelConfig, build_model
+    from lmstack.tokenizer import Tokenizer
+
+    ckpt = resolve_checkpoint(path)
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+        model_cfg = from_dict(ModelConfig, config["model"], path="config.json:model")
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise CheckpointError(f"{ckpt}/config.json is missing or malformed: {exc}") from exc
+    model = build_model(model_cfg)
+    load_weights(model, ckpt)
+    return model.to(device).eval(), Tokenizer.load(ckpt)
