@@ -4,6 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# tiny models run fastest on one thread, and tests must not fight each other for the two cores
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():

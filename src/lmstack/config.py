@@ -6,8 +6,8 @@ Every error names the full key path and, where the set is closed, the allowed va
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
-
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -16,6 +16,7 @@ import yaml
 from lmstack.errors import ConfigError
 
 T = TypeVar("T")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -46,6 +47,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} has an empty key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
+            if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+                value = float(value)  # YAML 1.1 leaves "3e-4" a string
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: cannot parse value: {exc}") from exc
         node = out

@@ -5,7 +5,6 @@ import torch
 
 from lmstack.models import DecoderLM, EncoderModel, Seq2SeqLM, pool
 from lmstack.models.blocks import KVCache, RotaryEmbedding, apply_rope, build_attention_mask, sinusoidal_table
-
 from testutil import tiny_config
 
 DECODER_PRESETS = ["gpt-tiny", "llama-tiny"]
