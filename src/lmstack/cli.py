@@ -77,7 +77,219 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_plot)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_train, _add_sample, _add_plot]
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from lmstack.weights.bitnet_export import export_bitnet
+
+    info = export_bitnet(args.checkpoint, args.out)
+    ratio = info["linear_bytes_fp16"] / max(info["linear_bytes_packed"], 1)
+    print(f"wrote {info['out']}: block linear weights {info['linear_bytes_packed']:,} bytes packed vs "
+          f"{info['linear_bytes_fp16']:,} in fp16 ({ratio:.2f}x smaller); model.safetensors "
+          f"{info['file_bytes_source']:,} -> {info['file_bytes_packed']:,} bytes")
+    return 0
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize", help="pack a trained checkpoint into a low-bit inference checkpoint",
+        description="lmstack quantize --bitnet CKPT OUT: pack a BitNet b1.58 checkpoint (trained with "
+        "model.bitnet=true) into 2-bit ternary weights; sample/generate/chat load OUT directly.",
+    )
+    method = p.add_mutually_exclusive_group(required=True)
+    method.add_argument("--bitnet", action="store_true", help="BitNet b1.58: ternary weights, 4 per byte")
+    p.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
+    p.add_argument("out", help="the new checkpoint directory to write")
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _cmd_data_list(args: argparse.Namespace) -> int:
+    from lmstack.data.tasks import GENERATORS, describe, options_of
+
+    for name in GENERATORS:
+        opts = options_of(name)
+        extra = f"  (options: {', '.join(f'{k}={v}' for k, v in opts.items())})" if opts else ""
+        print(f"{name:16s} {describe(name)}{extra}")
+    return 0
+
+
+def _cmd_data_make(args: argparse.Namespace) -> int:
+    import yaml
+
+    from lmstack.data.tasks import make
+    from lmstack.errors import DataError
+
+    options = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"--set {item!r} must look like key=value (e.g. --set entities=40)")
+        try:
+            options[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise DataError(f"--set {item!r}: cannot parse the value: {exc}") from exc
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    written = make(args.name, args.out, args.n, seed=args.seed, splits=splits, **options)
+    for fname, path in written.items():
+        rows = "" if fname.endswith(".json") else f"  {len(path.read_text(encoding='utf-8').splitlines())} rows"
+        print(f"wrote {path}{rows}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="generate task datasets (math word problems, knowledge base, preferences, ...)")
+    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    data_sub.required = True
+    ls = data_sub.add_parser("list", help="list the task generators")
+    ls.set_defaults(func=_cmd_data_list)
+    mk = data_sub.add_parser(
+        "make", help="write train/validation/test JSONL for a task",
+        description="Generate a task deterministically: the same arguments always give the same bytes.",
+    )
+    mk.add_argument("name", help="task name (see `lmstack data list`)")
+    mk.add_argument("--out", required=True, help="output directory")
+    mk.add_argument("--n", type=int, default=1000, help="items per split (default 1000)")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--splits", default="train,validation,test", help="comma-separated subset of the splits")
+    mk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a generator option, e.g. --set entities=40 for knowledge_base")
+    mk.set_defaults(func=_cmd_data_make)
+
+
+def _engine_from_args(args: argparse.Namespace):
+    """Load `--model` and wrap it in a generation Engine (shared by `generate` and `chat`)."""
+    from lmstack.errors import ConfigError
+    from lmstack.generate.engine import Engine
+    from lmstack.models import DecoderLM
+    from lmstack.weights.load import load_pretrained
+
+    model, tokenizer = load_pretrained(args.model)
+    if not isinstance(model, DecoderLM) or tokenizer is None:
+        raise ConfigError(f"{args.model} is not a decoder with a tokenizer; generation needs both")
+    return Engine(model, tokenizer, mode=args.mode, compile=args.compile)
+
+
+def _generation_config(args: argparse.Namespace):
+    from lmstack.generate.sampling import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed,
+    )
+
+
+def _add_generation_args(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="smollm2-135m-instruct (default), a .gguf file, an HF directory or hub id, or an lmstack "
+                        "checkpoint/run directory")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0 if temperature == 0 else 0.9)
+    p.add_argument("--repetition-penalty", type=float, default=1.0 if temperature == 0 else 1.1)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="weights for decoding: fp32 (exact, default), bf16 or int8 weight-only (faster)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first call)")
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    engine = _engine_from_args(args)
+    config = _generation_config(args)
+    prompts = [sys.stdin.read() if p == "-" else p for p in args.prompt]
+    if args.system and not args.chat:
+        args.chat = True
+    def as_input(p: str):
+        if not args.chat:
+            return p
+        return ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": p}]
+
+    if len(prompts) == 1 and not args.no_stream:
+        for piece in engine.stream(as_input(prompts[0]), config):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    for i, done in enumerate(engine.generate([as_input(p) for p in prompts], config)):
+        if len(prompts) > 1:
+            print(f"--- {i + 1}")
+        print(done.text)
+    return 0
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text with a pretrained or trained decoder (streams to stdout)")
+    p.add_argument("--prompt", action="append", required=True,
+                   help="prompt text, or - for stdin; repeat for a batch (generated together)")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn in the chat template")
+    p.add_argument("--system", default=None, help="system prompt (implies --chat)")
+    p.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
+    _add_generation_args(p, temperature=0.0)
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from lmstack.generate.chat import ChatSession, repl
+
+    engine = _engine_from_args(args)
+    return repl(ChatSession(engine, _generation_config(args), system=args.system))
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="interactive chat with streaming replies (/reset, /system TEXT, /exit)")
+    p.add_argument("--system", default=None, help="initial system prompt")
+    _add_generation_args(p, temperature=0.2)
+    p.set_defaults(func=_cmd_chat)
+
+
+def _cmd_pal(args: argparse.Namespace) -> int:
+    from lmstack.augment.sandbox import Limits, run_program
+
+    limits = Limits(cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb)
+    if args.program:  # run a given program in the sandbox, no model
+        with open(args.program, encoding="utf-8") as f:
+            result = run_program(f.read(), limits=limits)
+        print(result.text())
+        return 0 if result.ok else 1
+    if not args.question:
+        print("error: give a question, or --program FILE to run a program in the sandbox", file=sys.stderr)
+        return 2
+    from lmstack.augment.pal import engine_generate, solve
+
+    generate = engine_generate(_engine_from_args(args), _generation_config(args), chat=args.chat)
+    temperature = args.temperature if args.temperature > 0 or args.k == 1 else 0.7
+    result = solve(args.question, generate, k=args.k, temperature=temperature, limits=limits, workers=args.workers)
+    if args.show_programs:
+        for i, (program, run) in enumerate(zip(result.programs, result.runs)):
+            print(f"--- program {i + 1}")
+            print(program.rstrip() if program else "(no program found in the completion)")
+            print(f"=> {run.text() if run else 'not run'}")
+    print(f"answer: {result.answer_text} ({result.votes}/{len(result.runs)} votes)")
+    return 0 if result.answer is not None else 1
+
+
+def _add_pal(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pal", help="answer a math word problem with program-aided LM (model-written code runs in a sandbox)",
+        description="PAL: the model writes def solution(); the sandbox runs it; k>1 samples are majority-voted.",
+    )
+    p.add_argument("question", nargs="?", default=None, help="the word problem")
+    p.add_argument("--k", type=int, default=1, help="programs to sample and vote over (temperature 0.7 if > 1)")
+    p.add_argument("--chat", action="store_true", help="send the few-shot prompt through the chat template")
+    p.add_argument("--show-programs", action="store_true", help="print each program and what it returned")
+    p.add_argument("--program", default=None, help="skip the model: run this PAL program file in the sandbox")
+    p.add_argument("--workers", type=int, default=2, help="sandbox processes running at once")
+    p.add_argument("--cpu-s", type=int, default=2, help="CPU seconds per program")
+    p.add_argument("--wall-s", type=float, default=5.0, help="wall-clock seconds per program")
+    p.add_argument("--memory-mb", type=int, default=256, help="address-space limit per program")
+    _add_generation_args(p, temperature=0.0)
+    p.set_defaults(func=_cmd_pal)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train, _add_sample, _add_plot, _add_quantize,
+    _add_data,
+    _add_generate, _add_chat, _add_pal,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
