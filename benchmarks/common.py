@@ -1,0 +1,77 @@
+"""Shared benchmark plumbing: machine description, medians, and writing docs/results/<name>.{json,md}."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10).stdout
+        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds per call for `repeats` calls after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def write_results(name: str, data: dict[str, Any], table_md: str, notes: str = "") -> Path:
+    """Write the JSON record and a markdown page stating machine, commit and command."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"name": name, "machine": machine(), "commit": commit(), "command": " ".join(sys.argv), **data}
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    m = record["machine"]
+    page = (
+        f"# {name}\n\n{table_md}\n\n{notes}\n\n"
+        f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with {m['torch_threads']} threads"
+        f"{', GPU ' + m['cuda'] if m['cuda'] else ''}. Commit `{record['commit']}`. "
+        f"Command: `python -m benchmarks.{name}`{(' ' + ' '.join(sys.argv[1:])) if sys.argv[1:] else ''}.\n"
+    )
+    path = RESULTS / f"{name}.md"
+    path.write_text(page)
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
