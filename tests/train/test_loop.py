@@ -53,8 +53,8 @@ def test_metrics_and_plot(tmp_path):
     records = read_metrics(tmp_path / "metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
-    assert [r["step"] for r in records if "val_loss" in r] == [6, 12]
-    assert {"lr", "grad_norm", "tokens_per_s"} <= set(records[0])
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 6, 12]
+    assert {"lr", "grad_norm", "tokens_per_s"} <= set(records[1])
     assert summary["step"] == 12 and summary["checkpoint"].endswith("step-00000012")
     assert losses[-1] < losses[0] - 0.5
     png = plot_metrics(tmp_path)
@@ -91,7 +91,7 @@ def test_recipes_lower_validation_loss_on_a_small_corpus(name, text_corpus, tmp_
     job, tok = build_job(recipe, tmp_path, log=lambda m: None)
     summary = train(job, recipe.train, tmp_path, log=lambda m: None)
     vals = [r["val_loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "val_loss" in r]
-    assert len(vals) == 3 and vals[0] > vals[1] > vals[2]
+    assert len(vals) == 4 and vals[0] > vals[1] > vals[2] > vals[3]
     assert vals[-1] < math.log(300) - 1.5  # well below a uniform guess over the vocabulary
     config = json.loads((tmp_path / "step-00000030" / "config.json").read_text())
     assert config["model"]["vocab_size"] == tok.vocab_size == 300
