@@ -1,0 +1,558 @@
+"""Data parallelism for the one training loop: DDP, ZeRO-1/2/3 and HSDP, process groups, meta-device
+initialisation, activation checkpointing and per-rank memory accounting.
+
+| strategy | implementation (design §6) |
+|---|---|
+| single | the model as it is (no process group) |
+| ddp | `DistributedDataParallel`; gradients all-reduced once per step (`no_sync` while accumulating) |
+| zero1 | DDP + `ZeroRedundancyOptimizer`: each rank keeps the Adam state of its share of the parameters |
+| zero2 | FSDP2 `fully_shard(reshard_after_forward=False)`: full parameters live from forward to the end of backward |
+| zero3 (fsdp) | FSDP2 with resharding after forward, per block and then at the root |
+| hsdp | FSDP2 on a 2-D mesh (replicate × shard) |
+
+FSDP2's "ZeRO-2" keeps parameters sharded *at rest* (between steps), unlike the paper's ZeRO-2, which keeps a
+full copy on every rank; `zero_model_state_bytes` gives both figures and `MemoryProbe` measures them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import math
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lmstack.errors import ConfigError
+
+STRATEGIES = ("auto", "single", "ddp", "zero1", "zero2", "zero3", "fsdp", "hsdp")
+FSDP_STRATEGIES = ("zero2", "zero3", "hsdp")
+# model methods that loss functions call besides forward; FSDP must gather parameters around them too
+EXTRA_FORWARD_METHODS = ("mlm_logits",)
+
+
+# ----------------------------------------------------------------------------- process groups
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: rank, world size and its device. `owned` = this context created the process
+    group and so must tear it down."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    initialized: bool = False
+    owned: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_strategy(name: str, world_size: int) -> str:
+    """`auto` → single on one process, ddp on several; `fsdp` → zero3."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
+    if name == "auto":
+        return "ddp" if world_size > 1 else "single"
+    if name == "fsdp":
+        return "zero3"
+    if name == "single" and world_size > 1:
+        raise ConfigError(
+            f"train.strategy=single cannot run on {world_size} ranks; use auto, ddp, zero1, zero2, zero3/fsdp or hsdp"
+        )
+    return name
+
+
+def device_for_rank(name: str, local_rank: int) -> torch.device:
+    """`auto` is cuda if present, else cpu; an unindexed cuda device becomes this rank's GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return device
+
+
+def backend_for(device: torch.device) -> str:
+    """nccl for GPU tensors (gloo beside it for CPU-side objects); gloo on CPU, which has no bf16 all-reduce."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_distributed(device: str = "auto", strategy: str = "auto", timeout_s: float = 600.0) -> DistContext:
+    """Join the process group: an existing one (tests, notebooks), or torchrun's env:// variables. A
+    multi-process strategy without either runs as a group of one; single-process runs need no group.
+
+    A rank that dies closes its sockets, so the others fail their next collective at once; `timeout_s`
+    bounds the wait when a rank hangs instead."""
+    owned = False
+    if not dist.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+            init: dict[str, Any] = {}
+        elif strategy not in ("auto", "single"):
+            init = {"init_method": f"tcp://127.0.0.1:{_free_port()}", "rank": 0, "world_size": 1}
+        else:
+            return DistContext(device=device_for_rank(device, 0) if device == "auto" else torch.device(device))
+        dev = device_for_rank(device, local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend_for(dev), timeout=timedelta(seconds=timeout_s), **init)
+        owned = True
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    dev = device_for_rank(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return DistContext(rank, world, local_rank, local_world, dev, initialized=True, owned=owned)
+
+
+def teardown_distributed(ctx: DistContext, ok: bool = True) -> None:
+    """Destroy a process group this context created. The barrier first lets every rank finish its last
+    collective (an intermittent SIGABRT at exit was seen without it); after a failure it is skipped, since
+    a dead peer would never arrive."""
+    if not (ctx.owned and dist.is_initialized()):
+        return
+    if ok:
+        dist.barrier()
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.initialized and ctx.world_size > 1:
+        dist.barrier()
+
+
+def broadcast_object(ctx: DistContext, obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (e.g. which checkpoint to resume, decided once)."""
+    if not (ctx.initialized and ctx.world_size > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not (ctx.initialized and ctx.world_size > 1):
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ----------------------------------------------------------------------------- meta-device initialisation
+
+
+@contextlib.contextmanager
+def meta_parameters() -> Iterator[None]:
+    """Build modules with parameters on the meta device (no memory, no random init) but real buffers (RoPE
+    and sinusoid tables), so a model too large for one rank can be sharded before it exists anywhere."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def _local(t: Tensor) -> Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _shard_of(full: Tensor, like: Tensor) -> Tensor:
+    """This rank's piece of `full`, laid out as the (possibly sharded) parameter `like`."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(like, DTensor):
+        full = full.to(like.device_mesh.device_type)
+        return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None).to_local()
+    return full
+
+
+@torch.no_grad()
+def materialize_meta(model: nn.Module, device: torch.device, seed: int) -> None:
+    """Allocate the meta parameters of `model` (each rank's local shard only, when already sharded) and
+    initialise them with the model's `init_weights`, one full parameter at a time on CPU. Every rank draws
+    the same values from `seed`, so the result does not depend on the sharding or the number of ranks."""
+    from lmstack.models.blocks import init_weights
+
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        raise ConfigError("train.meta_init needs an lmstack model (one with a .cfg and init_weights)")
+    buffers = {name: b for name, b in model.named_buffers() if not b.is_meta}
+    model.to_empty(device=device)
+    for name, buf in buffers.items():
+        owner, _, leaf = name.rpartition(".")
+        model.get_submodule(owner)._buffers[leaf] = buf.to(device)
+    done: set[int] = set()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, module in model.named_modules():
+            own = {k: p for k, p in module._parameters.items() if p is not None and id(p) not in done}
+            if not own:
+                continue
+            standin = copy.copy(module)  # same class and settings, full-size CPU parameters, no children
+            standin._parameters = {
+                k: nn.Parameter(torch.full(tuple(p.shape), math.nan, dtype=p.dtype)) for k, p in own.items()
+            }
+            standin._modules = {}
+            holder = nn.Module()
+            holder.add_module(name.rpartition(".")[2] or "model", standin)
+            init_weights(holder, cfg)
+            if any(t.isnan().any() for t in standin._parameters.values()) and hasattr(standin, "reset_parameters"):
+                standin.reset_parameters()
+            for k, p in own.items():
+                full = standin._parameters[k].data
+                if full.isnan().any():
+                    raise ConfigError(f"meta_init: init_weights does not initialise {name}.{k}; build it on cpu")
+                _local(p.data).copy_(_shard_of(full, p.data))
+                done.add(id(p))
+
+
+# ----------------------------------------------------------------------------- wrapping
+
+
+def find_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks: the units of FSDP sharding and of activation checkpointing."""
+    from lmstack.models.blocks import Block
+
+    return [m for m in model.modules() if isinstance(m, Block)]
+
+
+def checkpoint_blocks(model: nn.Module) -> int:
+    """Recompute each block's activations in backward instead of storing them (non-reentrant checkpointing,
+    which also replays the dropout RNG). Applied before FSDP, so FSDP gathers a block's parameters once
+    for its backward and the recomputation uses them. Returns the number of blocks wrapped."""
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = find_blocks(model)
+    for block in blocks:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+    return len(blocks)
+
+
+class ModuleView:
+    """What a loss function sees under DDP: calls go through the wrapper (which reduces gradients); other
+    attributes (`model.mlm_logits`, `model.cfg`) come from the model itself."""
+
+    def __init__(self, wrapper: nn.Module, module: nn.Module) -> None:
+        self._wrapper, self._module = wrapper, module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapper(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def local_grad_accum(batch_size: int, grad_accum: int, world_size: int) -> int:
+    """Micro-steps per rank: the config's micro-batch size is kept where it can be (grad_accum / N when N
+    divides it), else every rank accumulates grad_accum smaller micro-batches. The global batch is always
+    `batch_size`."""
+    local = grad_accum // world_size if grad_accum % world_size == 0 else grad_accum
+    if batch_size % (world_size * local):
+        raise ConfigError(
+            f"train.batch_size ({batch_size}) must split evenly over {world_size} ranks × {local} micro-batches; "
+            f"choose a batch_size that is a multiple of {world_size * local}"
+        )
+    return local
+
+
+@dataclass
+class Parallel:
+    """A model prepared for one strategy, plus what the loop needs to drive it."""
+
+    strategy: str
+    ctx: DistContext
+    module: nn.Module  # the model (under FSDP its parameters are DTensor shards)
+    wrapper: nn.Module | None = None  # the DDP wrapper for ddp / zero1
+    local_accum: int = 1
+    mesh: Any = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy != "single"
+
+    @property
+    def replicas(self) -> int:
+        """Replica groups of an hsdp mesh (1 otherwise)."""
+        return self.mesh.shape[0] if self.mesh is not None and self.mesh.ndim == 2 else 1
+
+    @property
+    def forward_model(self) -> Any:
+        return self.module if self.wrapper is None else ModuleView(self.wrapper, self.module)
+
+    @property
+    def state_dict_target(self) -> nn.Module:
+        return self.module if self.wrapper is None else self.wrapper
+
+    def local_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """This rank's disjoint rows of the global batch."""
+        n = self.ctx.world_size
+        if not self.distributed or n == 1:
+            return batch
+        return {k: v.narrow(0, self.ctx.rank * (v.shape[0] // n), v.shape[0] // n) for k, v in batch.items()}
+
+    def no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
+        """While accumulating (`skip`), keep gradients local; reduce them only on the last micro-step."""
+        if not skip or not self.distributed:
+            return contextlib.nullcontext()
+        if self.wrapper is not None:
+            return self.wrapper.no_sync()
+        return _fsdp_no_sync(self.module)
+
+    def mean(self, value: float) -> float:
+        """The mean of a per-rank number over ranks (e.g. the step loss)."""
+        if not self.distributed or self.ctx.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.ctx.device)
+        dist.all_reduce(t)
+        return float(t.item()) / self.ctx.world_size
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module: nn.Module) -> Iterator[None]:
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+def _mesh(strategy: str, ctx: DistContext, hsdp_replicas: int):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    kind = ctx.device.type
+    if strategy != "hsdp":
+        return init_device_mesh(kind, (ctx.world_size,), mesh_dim_names=("shard",))
+    replicas = hsdp_replicas or max(1, ctx.world_size // max(ctx.local_world_size, 1))
+    if replicas <= 0 or ctx.world_size % replicas:
+        raise ConfigError(
+            f"train.hsdp_replicas ({replicas}) must divide the world size ({ctx.world_size}); "
+            "0 = one replica per node"
+        )
+    return init_device_mesh(kind, (replicas, ctx.world_size // replicas), mesh_dim_names=("replicate", "shard"))
+
+
+def prepare_model(
+    model: nn.Module, cfg: Any, ctx: DistContext, device: torch.device, amp: torch.dtype | None
+) -> Parallel:
+    """Wrap `model` for `cfg.strategy` (a TrainConfig). The single strategy only moves it to `device`."""
+    strategy = resolve_strategy(cfg.strategy, ctx.world_size)
+    local_accum = local_grad_accum(cfg.batch_size, cfg.grad_accum, ctx.world_size) if strategy != "single" \
+        else cfg.grad_accum
+    if strategy in FSDP_STRATEGIES and amp is torch.float16:
+        raise ConfigError(f"train.dtype=float16 is not supported with {strategy} (no sharded scaler); use bfloat16")
+    if getattr(cfg, "activation_checkpointing", False):
+        checkpoint_blocks(model)
+    meta = any(p.is_meta for p in model.parameters())
+    if strategy in ("single", "ddp", "zero1"):
+        if meta:
+            materialize_meta(model, device, cfg.seed)
+        model = model.to(device)
+        if strategy == "single":
+            return Parallel("single", ctx, model, None, local_accum)
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapper = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # grads are views into the buckets: no second copy
+        )
+        return Parallel(strategy, ctx, model, wrapper, local_accum)
+
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    if not meta:
+        model = model.to(device)
+        with torch.no_grad():  # every rank shards the same full model
+            for p in model.parameters():
+                dist.broadcast(p.data, src=0)
+    mesh = _mesh(strategy, ctx, getattr(cfg, "hsdp_replicas", 0))
+    # bf16 compute / fp32 gradient reduction on GPU; plain fp32 on CPU (gloo cannot all-reduce bf16)
+    if device.type == "cuda" and amp is torch.bfloat16:
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        mp = MixedPrecisionPolicy()
+    reshard = strategy != "zero2"
+    for block in find_blocks(model):
+        fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
+    if meta:
+        materialize_meta(model, device, cfg.seed)
+    for name in EXTRA_FORWARD_METHODS:
+        if callable(getattr(model, name, None)):
+            register_fsdp_forward_method(model, name)
+    return Parallel(strategy, ctx, model, None, local_accum, mesh)
+
+
+def build_parallel_optimizer(parallel: Parallel, cfg: Any) -> torch.optim.Optimizer:
+    """AdamW over the (sharded) parameters; for zero1 a ZeroRedundancyOptimizer that keeps only this
+    rank's share of the Adam state. Create it after wrapping, so that it holds the shards."""
+    from lmstack.train.optim import build_optimizer, param_groups
+
+    if parallel.strategy != "zero1":
+        return build_optimizer(parallel.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    fused = parallel.ctx.device.type == "cuda"
+    return ZeroRedundancyOptimizer(
+        param_groups(parallel.module, cfg.weight_decay), optimizer_class=torch.optim.AdamW, lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None,
+    )
+
+
+def as_float(value: Tensor | float) -> float:
+    """A scalar tensor (a DTensor under FSDP, e.g. the clipped gradient norm) as a Python float."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor):
+        value = value.full_tensor()
+    return float(value)
+
+
+@torch.no_grad()
+def evaluate_parallel(
+    eval_batches: Iterable[dict[str, Tensor]],
+    loss_fn: Callable[[Any, dict[str, Tensor]], Tensor],
+    parallel: Parallel,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> float:
+    """Mean validation loss over the fixed batches, each split over the ranks (weighted by rows, so it equals
+    the single-process figure); every rank gets the result."""
+    model, ctx = parallel.module, parallel.ctx
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for batch in eval_batches:
+        rows = next(iter(batch.values())).shape[0]
+        if rows >= ctx.world_size:
+            part = {k: v.tensor_split(ctx.world_size)[ctx.rank] for k, v in batch.items()}
+            weight = next(iter(part.values())).shape[0]
+        else:  # too few rows to split: every rank computes the whole batch
+            part, weight = batch, rows / ctx.world_size
+        part = {k: v.to(ctx.device, non_blocking=True) for k, v in part.items()}
+        with autocast():
+            loss = float(loss_fn(parallel.forward_model, part))
+        acc = torch.tensor([loss * weight, weight], dtype=torch.float64, device=ctx.device)
+        if ctx.world_size > 1:
+            dist.all_reduce(acc)
+        total += float(acc[0] / acc[1])
+        n += 1
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+# ----------------------------------------------------------------------------- memory accounting
+
+
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The optimizer-state tensors this rank holds (for ZeRO-1 only its own partition)."""
+    local = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer keeps the local one in .optim
+    return [t for s in local.state.values() for t in s.values() if isinstance(t, Tensor)]
+
+
+def _storage_bytes(tensors: Iterable[Tensor | None]) -> int:
+    """Bytes of the distinct storages behind `tensors` (views, shared buckets and tied weights count once)."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is None:
+            continue
+        s = _local(t).untyped_storage()
+        seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
+    return sum(seen.values())
+
+
+def model_state_bytes(parallel: Parallel, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """This rank's live bytes of parameters (its shards plus any gathered full copies), gradients and
+    optimizer state, right now."""
+    owned = [p for g in optimizer.param_groups for p in g["params"]]  # what the optimizer updates: the shards
+    live = list(parallel.module.parameters())  # FSDP swaps in the gathered full tensors while unsharded
+    out = {
+        "params": _storage_bytes(owned + live),
+        "grads": _storage_bytes([p.grad for p in owned + live]),
+        "optim": _storage_bytes(optimizer_state_tensors(optimizer)),
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+class MemoryProbe:
+    """Samples `model_state_bytes` at every block's entry and exit in forward and at its end in backward
+    (where FSDP holds the block's gathered parameters and unreduced gradients), keeping the peak."""
+
+    def __init__(self, parallel: Parallel, optimizer: torch.optim.Optimizer) -> None:
+        self.parallel, self.optimizer = parallel, optimizer
+        self.peak: dict[str, int] = {"params": 0, "grads": 0, "optim": 0, "total": 0}
+        self._handles = []
+        for block in find_blocks(parallel.module) or [parallel.module]:
+            # registered after FSDP's hooks: the pre-hook runs once parameters are gathered; prepend=True on the
+            # post-hook runs it before FSDP frees them
+            self._handles.append(block.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self._handles.append(block.register_forward_hook(self._post, prepend=True))
+
+    def sample(self) -> None:
+        now = model_state_bytes(self.parallel, self.optimizer)
+        if now["total"] > self.peak["total"]:
+            self.peak = now
+
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.sample()
+        x = args[0] if args and isinstance(args[0], Tensor) else None
+        if x is not None and x.requires_grad:
+            x.register_hook(self._on_grad)  # fires at the end of this block's backward
+
+    def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.sample()
+
+    def _on_grad(self, grad: Tensor) -> None:
+        self.sample()
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def zero_model_state_bytes(
+    strategy: str, n_params: int, world_size: int, replicas: int = 1,
+    param_bytes: int = 4, grad_bytes: int = 4, optim_bytes: int = 8,
+) -> dict[str, float]:
+    """Per-rank model-state bytes (ZeRO paper, Ψ = `n_params`, N = `world_size`): `at_rest` as this package
+    implements each strategy, `paper` as the paper defines it. In fp32 with Adam the three terms are 4 + 4 + 8
+    bytes per parameter; with mixed precision the paper's are 2 + 2 + 12 (DDP 16Ψ, ZeRO-1 4Ψ + 12Ψ/N, ZeRO-2
+    2Ψ + 14Ψ/N, ZeRO-3 16Ψ/N). FSDP2's zero2 shards parameters at rest, so it rests at ZeRO-3's figure and
+    adds the gathered full parameters during a step; hsdp shards over the N / replicas ranks of its group."""
+    p, g, o, n = param_bytes * n_params, grad_bytes * n_params, optim_bytes * n_params, world_size
+    strategy = "zero3" if strategy == "fsdp" else strategy
+    shards = {"single": 1, "ddp": 1, "zero1": 1, "zero2": n, "zero3": n, "hsdp": max(1, n // replicas)}[strategy]
+    at_rest = {"zero1": p + g + o / n}.get(strategy, (p + g + o) / shards)
+    paper = {"zero1": p + g + o / n, "zero2": p + (g + o) / n}.get(strategy, at_rest)
+    return {"at_rest": at_rest, "paper": paper}
