@@ -7,15 +7,55 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from lmstack.errors import LMStackError
+from lmstack.errors import ConfigError, LMStackError
+
+
+def _split_nproc(nproc: int, rest: list[str]) -> tuple[int, list[str]]:
+    """`--nproc N` may also come after the recipe, among the key=value overrides."""
+    out, i = [], 0
+    while i < len(rest):
+        if rest[i] == "--nproc" and i + 1 < len(rest):
+            nproc, i = rest[i + 1], i + 2
+            continue
+        if rest[i].startswith("--nproc="):
+            nproc = rest[i].split("=", 1)[1]
+        else:
+            out.append(rest[i])
+        i += 1
+    try:
+        nproc = int(nproc)
+    except ValueError:
+        nproc = 0
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be a positive number of processes, got {nproc!r}")
+    return nproc, out
+
+
+def _torchrun_train(nproc: int, recipe: str, overrides: list[str]) -> int:
+    """Replace this process by torchrun starting `nproc` ranks of `lmstack train` on this machine."""
+    import os
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "lmstack", "train", recipe, *overrides]
+    print("launching: " + " ".join(cmd[1:]), flush=True)
+    os.execv(sys.executable, cmd)
+    return 1  # not reached
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from lmstack.train.recipe import run_recipe
 
-    summary = run_recipe(args.recipe, args.overrides)
-    print(f"done: step {summary['step']}, val_loss {summary.get('val_loss', float('nan')):.4f}, "
-          f"checkpoint {summary['checkpoint']}")
+    nproc, overrides = _split_nproc(args.nproc, args.overrides)
+    if nproc > 1:
+        if "LOCAL_RANK" in os.environ:
+            raise ConfigError("--nproc starts torchrun; this process already is a torchrun worker")
+        return _torchrun_train(nproc, args.recipe, overrides)
+    summary = run_recipe(args.recipe, overrides)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        print(f"done: step {summary['step']}, val_loss {summary.get('val_loss', float('nan')):.4f}, "
+              f"checkpoint {summary['checkpoint']}")
     return 0
 
 
@@ -25,7 +65,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train from a recipe. Any key can be overridden: lmstack train recipes/x.yaml train.steps=50",
     )
     p.add_argument("recipe", help="path to a recipe YAML file")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-3 model.n_layers=2")
+    p.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="key=value overrides, e.g. train.lr=1e-3 model.n_layers=2 (and --nproc N)")
+    p.add_argument("--nproc", default=1, metavar="N",
+                   help="start N ranks on this machine with torchrun (e.g. with train.strategy=zero3)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -35,6 +78,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from lmstack.weights.checkpoint import load_model_for_inference
 
     model, tokenizer = load_model_for_inference(args.checkpoint)
+    if getattr(getattr(model, "cfg", None), "family", "decoder") != "decoder":
+        raise ConfigError(f"lmstack sample continues text with a decoder; {args.checkpoint} holds a "
+                          f"{model.cfg.family} model")
     ids = tokenizer.encode(args.prompt)
     if not ids:
         ids = [tokenizer.bos_id if tokenizer.bos_id is not None else 0]
@@ -187,8 +233,8 @@ def _add_generation_args(p: argparse.ArgumentParser, temperature: float) -> None
     p.add_argument("--repetition-penalty", type=float, default=1.0 if temperature == 0 else 1.1)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", choices=["fp32", "bf16", "int8"], default="fp32",
-                   help="weights for decoding: fp32 (exact, default), bf16 or int8 weight-only (faster)")
+    p.add_argument("--mode", choices=["fp32", "bf16", "int8", "int4"], default="fp32",
+                   help="weights for decoding: fp32 (exact, default), or bf16 / int8 / int4 weight-only (faster)")
     p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first call)")
 
 

@@ -18,7 +18,12 @@ from lmstack.models.config import ModelConfig
 
 def linear(cfg: ModelConfig, d_in: int, d_out: int, bias: bool | None = None) -> nn.Module:
     """Every linear layer of a block is made here, so that a model-wide switch can swap its kind."""
-    return nn.Linear(d_in, d_out, bias=cfg.bias if bias is None else bias)
+    bias = cfg.bias if bias is None else bias
+    if cfg.bitnet:  # BitNet b1.58 ternary layers; embeddings and lm_head are built elsewhere, full precision
+        from lmstack.models.bitnet import BitLinear
+
+        return BitLinear(d_in, d_out, bias=bias, norm_eps=cfg.norm_eps)
+    return nn.Linear(d_in, d_out, bias=bias)
 
 
 # ----------------------------------------------------------------------------- norms

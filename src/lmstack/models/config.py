@@ -39,6 +39,7 @@ class ModelConfig:
     eos_token_id: int | None = None
     decoder_start_token_id: int | None = None  # seq2seq: first decoder input (defaults to pad)
     init_std: float = 0.02
+    bitnet: bool = False  # BitNet b1.58: every block linear layer is a ternary BitLinear (models/bitnet.py)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:

@@ -208,7 +208,14 @@ def materialize_meta(model: nn.Module, device: torch.device, seed: int) -> None:
     if cfg is None:
         raise ConfigError("train.meta_init needs an lmstack model (one with a .cfg and init_weights)")
     buffers = {name: b for name, b in model.named_buffers() if not b.is_meta}
+    tied: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(p), []).append(name)
     model.to_empty(device=device)
+    for first, *aliases in tied.values():  # to_empty gives each module its own new tensor: tie them again
+        for alias in aliases:
+            owner, _, leaf = alias.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, model.get_parameter(first))
     for name, buf in buffers.items():
         owner, _, leaf = name.rpartition(".")
         model.get_submodule(owner)._buffers[leaf] = buf.to(device)
@@ -221,13 +228,14 @@ def materialize_meta(model: nn.Module, device: torch.device, seed: int) -> None:
                 continue
             standin = copy.copy(module)  # same class and settings, full-size CPU parameters, no children
             standin._parameters = {
-                k: nn.Parameter(torch.full(tuple(p.shape), math.nan, dtype=p.dtype)) for k, p in own.items()
+                k: None if p is None else nn.Parameter(torch.full(tuple(p.shape), math.nan, dtype=p.dtype))
+                for k, p in module._parameters.items()
             }
             standin._modules = {}
             holder = nn.Module()
             holder.add_module(name.rpartition(".")[2] or "model", standin)
             init_weights(holder, cfg)
-            if any(t.isnan().any() for t in standin._parameters.values()) and hasattr(standin, "reset_parameters"):
+            if any(standin._parameters[k].isnan().any() for k in own) and hasattr(standin, "reset_parameters"):
                 standin.reset_parameters()
             for k, p in own.items():
                 full = standin._parameters[k].data
@@ -403,6 +411,10 @@ def prepare_model(
         mp = MixedPrecisionPolicy()
     reshard = strategy != "zero2"
     for block in find_blocks(model):
+        cross = getattr(block, "cross_attn", None)
+        if cross is not None:  # seq2seq projects every layer's cross-attention K/V up front, outside the block
+            fully_shard(cross, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
+            register_fsdp_forward_method(cross, "project_kv")
         fully_shard(block, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=mp)
     if meta:

@@ -22,6 +22,7 @@ from lmstack.data.corpus import PackedBlocks, sample_indices, split_documents, t
 from lmstack.errors import ConfigError
 from lmstack.models import ModelConfig, build_model, model_config_from_dict
 from lmstack.tokenizer import Tokenizer
+from lmstack.train.distributed import barrier, meta_parameters, setup_distributed, teardown_distributed
 from lmstack.train.loop import TrainConfig, TrainingJob, train
 from lmstack.train.objectives import OBJECTIVES, SpecialIds
 from lmstack.weights.checkpoint import write_json
@@ -156,7 +157,11 @@ def build_job(recipe: Recipe, run_dir: Path | None = None, log=print) -> tuple[T
     ids = special_ids(tok)
     cfg = recipe.train
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg)
+    if cfg.meta_init:  # parameters on the meta device; the loop materialises each rank's shard
+        with meta_parameters():
+            model = build_model(model_cfg)
+    else:
+        model = build_model(model_cfg)
 
     def train_batch(step: int):
         idx = sample_indices(step, cfg.batch_size, len(train_blocks), cfg.seed)
@@ -183,12 +188,33 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 def run_recipe(path: str | Path, overrides: list[str] | None = None, log=print) -> dict:
-    """Load, validate and train a recipe; returns the loop's summary."""
+    """Load, validate and train a recipe; returns the loop's summary.
+
+    Under torchrun every rank runs this unchanged: rank 0 prepares the run directory (tokenizer, token
+    cache) while the others wait, then they read it."""
     recipe = load_recipe(path, overrides)
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    job, _ = build_job(recipe, run_dir, log)
-    n = sum(p.numel() for p in job.model.parameters())
-    log(f"{recipe.name}: {recipe.model.family} with {n / 1e6:.2f}M parameters, objective {recipe.objective}")
-    return train(job, recipe.train, run_dir, log)
+    cfg = recipe.train
+    ctx = setup_distributed(cfg.device, cfg.strategy, cfg.dist_timeout_s)
+    ok = False
+    try:
+        if not ctx.is_main:
+            log = _silent
+        run_dir = recipe.run_dir
+        if ctx.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+            job, _ = build_job(recipe, run_dir, log)
+        barrier(ctx)
+        if not ctx.is_main:
+            job, _ = build_job(recipe, run_dir, log)
+        n = sum(p.numel() for p in job.model.parameters())
+        log(f"{recipe.name}: {recipe.model.family} with {n / 1e6:.2f}M parameters, objective {recipe.objective}")
+        summary = train(job, cfg, run_dir, log)
+        ok = True
+        return summary
+    finally:
+        teardown_distributed(ctx, ok)
+
+
+def _silent(message: str) -> None:
+    pass

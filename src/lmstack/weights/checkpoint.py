@@ -206,5 +206,9 @@ def load_model_for_inference(path: str | Path, device: str = "cpu"):
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         raise CheckpointError(f"{ckpt}/config.json is missing or malformed: {exc}") from exc
     model = build_model(model_cfg)
+    if config.get("quantization"):  # a packed export of `lmstack quantize`
+        from lmstack.weights.bitnet_export import prepare_packed
+
+        model = prepare_packed(model, config["quantization"])
     load_weights(model, ckpt)
     return model.to(device).eval(), Tokenizer.load(ckpt)

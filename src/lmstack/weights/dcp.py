@@ -1,0 +1,320 @@
+"""Distributed checkpoints: `torch.distributed.checkpoint` (DCP) shards that reload on any number of ranks
+under any strategy, plus export to one HF-layout safetensors file for inference.
+
+Layout of `RUN_DIR/step-00000100/` for a multi-process strategy (the single-process layout is in
+`checkpoint.py`): `dcp/` (each rank's shards + `.metadata`), `model.safetensors` (the full weights, gathered to
+rank 0, our key names, so `lmstack sample` and `load_weights` work on it), `trainer_state.pt` (scheduler, step,
+data position, every rank's RNG; no optimizer: that is in `dcp/`), `config.json`, tokenizer, `manifest.json`.
+It is written to a temporary directory and renamed into place by rank 0 after every rank has written.
+
+Keys are fully qualified parameter names ("layers.0.attn.q_proj.weight"), not parameter indices, for model and
+optimizer alike: that is what makes a checkpoint load at N=2 → M=1 or zero3 → ddp. ZeRO-1 writes the Adam
+state of each rank's own partition under the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmstack.errors import CheckpointError, WeightsError
+from lmstack.weights.checkpoint import (
+    MANIFEST,
+    _fsync_dir,
+    _sha256,
+    checkpoint_name,
+    list_checkpoints,
+    load_weights,
+    resolve_checkpoint,
+    verify_checkpoint,
+    write_json,
+)
+
+DCP_DIR = "dcp"
+
+
+def is_dcp_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / DCP_DIR / ".metadata").is_file()
+
+
+# ----------------------------------------------------------------------------- state dicts
+
+
+def _names(module: nn.Module) -> dict[int, str]:
+    """id(parameter) → its fully qualified name (the first name of a tied parameter)."""
+    return {id(p): n for n, p in module.named_parameters()}
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _is_zero1(optimizer: torch.optim.Optimizer) -> bool:
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    return isinstance(optimizer, ZeroRedundancyOptimizer)
+
+
+def _init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create lazily-initialised state (Adam moments) with a zero-gradient, zero-LR step, so it can be
+    loaded into. Parameters do not change (lr 0 also zeroes AdamW's decay)."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if not params or all(p in optimizer.state for p in params):
+        return
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    for g in optimizer.param_groups:
+        g["lr"] = 0.0
+    optimizer.step()
+    for g, lr in zip(optimizer.param_groups, lrs):
+        g["lr"] = lr
+    for p, grad in zip(params, grads):
+        p.grad = grad
+
+
+def zero1_state_dict(optimizer: torch.optim.Optimizer, module: nn.Module) -> dict[str, Any]:
+    """A ZeroRedundancyOptimizer's state in `get_state_dict`'s layout: this rank's partition under parameter
+    names, and every group's settings with the names of all its parameters."""
+    names = _names(module)
+    local = optimizer.optim
+    state = {names[id(p)]: dict(local.state[p]) for g in local.param_groups for p in g["params"] if p in local.state}
+    # the local groups carry every AdamW default; the global ones the current lr (synced to the local ones
+    # only inside step(), so they are a step behind after the scheduler has run)
+    groups = [
+        {**{k: v for k, v in lg.items() if k != "params"}, **{k: v for k, v in g.items() if k != "params"},
+         "params": [names[id(p)] for p in g["params"]]}
+        for g, lg in zip(optimizer.param_groups, local.param_groups, strict=True)
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def _load_zero1(optimizer: torch.optim.Optimizer, module: nn.Module, osd: dict[str, Any]) -> None:
+    names = _names(module)
+    local = optimizer.optim
+    for g in local.param_groups:
+        for p in g["params"]:
+            saved = osd["state"].get(names[id(p)])
+            if saved is None:
+                raise CheckpointError(f"the checkpoint has no optimizer state for {names[id(p)]}")
+            local.state[p] = {  # scalar `step` tensors stay on the CPU, as Adam keeps them
+                k: v.to(p.device) if isinstance(v, torch.Tensor) and v.dim() else v for k, v in saved.items()
+            }
+    if len(osd["param_groups"]) != len(optimizer.param_groups):
+        raise CheckpointError("the checkpoint's optimizer has a different number of parameter groups")
+    for g, lg, saved in zip(optimizer.param_groups, local.param_groups, osd["param_groups"]):
+        for k, v in saved.items():
+            if k != "params":
+                g[k] = v
+                lg[k] = v
+
+
+def sharded_state_dicts(parallel: Any, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts of this rank, keyed by parameter name, as DCP saves and loads them."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    if _is_zero1(optimizer):
+        _init_optimizer_state(optimizer.optim)
+        return get_model_state_dict(parallel.state_dict_target), zero1_state_dict(optimizer, parallel.module)
+    return get_state_dict(parallel.state_dict_target, optimizer)
+
+
+def _apply_state(parallel: Any, optimizer: torch.optim.Optimizer, msd: dict, osd: dict, full: bool) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+
+    options = StateDictOptions(full_state_dict=full)
+    if _is_zero1(optimizer):
+        set_model_state_dict(parallel.state_dict_target, msd, options=options)
+        _load_zero1(optimizer, parallel.module, osd)
+    else:
+        set_state_dict(parallel.state_dict_target, optimizer, model_state_dict=msd, optim_state_dict=osd,
+                       options=options)
+
+
+def _with_tied_aliases(module: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add back the names of tied parameters that safetensors stored once."""
+    names = _names(module)
+    out = dict(sd)
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if name not in out and names[id(p)] in out:
+            out[name] = out[names[id(p)]]
+    return out
+
+
+def _without_tied_aliases(module: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep one name per tied parameter: the alphabetically first, as safetensors' `save_model` does."""
+    groups: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    drop = {n for names in groups.values() for n in sorted(names)[1:]}
+    return {k: v.contiguous() for k, v in sd.items() if k not in drop}
+
+
+def _fqn_optimizer_state(saved: dict[str, Any], module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """A single-process optimizer state dict (keyed by parameter index) re-keyed by parameter name."""
+    names = _names(module)
+    order = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+    n_saved = sum(len(g["params"]) for g in saved["param_groups"])
+    if n_saved != len(order):
+        raise CheckpointError(f"the checkpoint's optimizer has {n_saved} parameters, this model {len(order)}")
+    return {
+        "state": {order[i]: s for i, s in saved["state"].items()},
+        "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]],
+    }
+
+
+def restore_checkpoint(path: str | Path, parallel: Any, optimizer: torch.optim.Optimizer,
+                       trainer_state: dict[str, Any]) -> None:
+    """Load model and optimizer state from a checkpoint of any layout into `parallel`'s model (any strategy,
+    any number of ranks): DCP shards are resharded on load; a single-process checkpoint is sharded from its
+    full tensors. Every rank calls this."""
+    path = Path(path)
+    if is_dcp_checkpoint(path):
+        import torch.distributed.checkpoint as dcp
+
+        msd, osd = sharded_state_dicts(parallel, optimizer)  # templates: shapes and placements of this run
+        state = {"model": msd, "optim": osd}
+        try:
+            dcp.load(state, checkpoint_id=str(path / DCP_DIR), no_dist=not _distributed())
+        except Exception as exc:  # DCP wraps per-rank failures in its own exception types
+            raise CheckpointError(f"cannot load the distributed checkpoint {path}: {exc}") from exc
+        _apply_state(parallel, optimizer, state["model"], state["optim"], full=False)
+        return
+    try:
+        msd = _with_tied_aliases(parallel.module, load_file(str(path / "model.safetensors")))
+    except Exception as exc:
+        raise CheckpointError(f"cannot read weights in {path}: {exc}") from exc
+    if "optimizer" not in trainer_state:
+        raise CheckpointError(f"{path}/trainer_state.pt has no optimizer state")
+    osd = _fqn_optimizer_state(trainer_state["optimizer"], parallel.module, optimizer)
+    if _is_zero1(optimizer):
+        _init_optimizer_state(optimizer.optim)
+    _apply_state(parallel, optimizer, msd, osd, full=True)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def save_distributed_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    parallel: Any,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    write_extras: Callable[[Path], None] | None = None,
+    keep: int = 0,
+    rng_per_rank: list[Any] | None = None,
+    consolidate: bool = True,
+) -> Path:
+    """Every rank writes its shards; rank 0 adds the full weights (when `consolidate`), the trainer state and
+    extras, checksums everything into the manifest and renames the directory into place."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from lmstack.train.distributed import barrier
+
+    ctx = parallel.ctx
+    run_dir = Path(run_dir)
+    final = run_dir / checkpoint_name(step)
+    tmp = run_dir / f".tmp-{checkpoint_name(step)}-dist"
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier(ctx)
+    msd, osd = sharded_state_dicts(parallel, optimizer)
+    dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / DCP_DIR))
+    full = None
+    if consolidate:  # collective: gathers the full weights to rank 0's CPU memory
+        full = get_model_state_dict(parallel.state_dict_target,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if ctx.is_main:
+        if full is not None:
+            save_file(_without_tied_aliases(parallel.module, full), str(tmp / "model.safetensors"))
+        state = {**trainer_state, "world_size": ctx.world_size, "strategy": parallel.strategy}
+        if rng_per_rank is not None:
+            state["rng_per_rank"] = rng_per_rank
+        torch.save(state, tmp / "trainer_state.pt")
+        if write_extras is not None:
+            write_extras(tmp)
+        files = {}
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            with f.open("rb") as fh:
+                os.fsync(fh.fileno())
+            files[str(f.relative_to(tmp))] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
+        write_json(tmp / MANIFEST, {"format": 1, "step": step, "layout": "dcp", "files": files})
+        _fsync_dir(tmp / DCP_DIR)
+        _fsync_dir(tmp)
+        if final.exists():
+            stale = run_dir / f".stale-{final.name}-{os.getpid()}"
+            os.replace(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(run_dir)
+        if keep > 0:
+            good = [p for p in list_checkpoints(run_dir) if verify_checkpoint(p, raise_error=False) is None]
+            for old in good[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier(ctx)
+    return final
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def load_full_model(checkpoint: str | Path) -> tuple[nn.Module, Any]:
+    """(model with full weights on CPU, tokenizer or None) from any lmstack checkpoint, in one process."""
+    from lmstack.config import from_dict
+    from lmstack.models import ModelConfig, build_model
+    from lmstack.tokenizer import Tokenizer
+
+    ckpt = resolve_checkpoint(checkpoint)
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+        model_cfg = from_dict(ModelConfig, config["model"], path="config.json:model")
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise CheckpointError(f"{ckpt}/config.json is missing or malformed: {exc}") from exc
+    model = build_model(model_cfg)
+    if is_dcp_checkpoint(ckpt):
+        import torch.distributed.checkpoint as dcp
+
+        sd = {"model": model.state_dict()}  # tensors of the model itself: loaded in place
+        dcp.load(sd, checkpoint_id=str(ckpt / DCP_DIR), no_dist=True)
+    else:
+        load_weights(model, ckpt)
+    tok = Tokenizer.load(ckpt) if (ckpt / "tokenizer.json").is_file() else None
+    return model.eval(), tok
+
+
+def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
+    """Write one `model.safetensors` (+ config.json, tokenizer) for inference: HF key names and config where
+    the model has an HF layout (Llama, GPT-2, BERT), else lmstack's own."""
+    from lmstack.weights.hf import save_hf
+
+    model, tok = load_full_model(checkpoint)
+    try:
+        return save_hf(model, out_dir, tok)
+    except WeightsError:
+        from safetensors.torch import save_model
+
+        from lmstack.config import to_dict
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_model(model, str(out_dir / "model.safetensors"))
+        write_json(out_dir / "config.json", {"model": to_dict(model.cfg)})
+        if tok is not None:
+            tok.save(out_dir)
+        return out_dir
