@@ -54,3 +54,10 @@ def test_packed_blocks():
     assert len(blocks) == 3 and blocks[1].tolist() == list(range(8, 16))
     with pytest.raises(DataError, match="fewer than one block"):
         PackedBlocks(np.arange(5, dtype=np.uint16), 8)
+
+
+def test_split_does_not_depend_on_where_the_corpus_lives(text_corpus, tmp_path):
+    import shutil
+
+    moved = shutil.copytree(text_corpus, tmp_path / "elsewhere" / "renamed")
+    assert split_documents("files", [str(text_corpus)], 0.3) == split_documents("files", [str(moved)], 0.3)

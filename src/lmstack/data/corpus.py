@@ -63,26 +63,28 @@ def split_documents(
     source: str, paths: list[str], val_fraction: float, max_train_bytes: int = 0, max_val_bytes: int = 0
 ) -> dict[str, list[str]]:
     """{'train': [...], 'val': [...]} documents, capped by byte budgets (0 = no cap), in file-path order."""
+    # (file, name that decides its split): names are relative to the corpus root, so the split does not
+    # depend on where the corpus happens to live
+    named: list[tuple[Path, str]] = []
     if source == "stdlib":
         root, files = stdlib_files()
+        named = [(f, str(f.relative_to(root))) for f in files]
     else:
         if not paths:
             raise DataError("data.source=files needs data.paths (text or .jsonl files, or directories)")
-        root = Path("/")
-        files = []
         for p in map(Path, paths):
             if p.is_dir():
-                files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".txt", ".md", ".py", ".jsonl"))
+                suffixes = (".txt", ".md", ".py", ".jsonl")
+                found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in suffixes)
+                named += [(f, str(f.relative_to(p))) for f in found]
             elif p.is_file():
-                files.append(p)
+                named.append((p, p.name))
             else:
                 raise DataError(f"data.paths: {p} does not exist")
-        files = [f.resolve() for f in files]
     out: dict[str, list[str]] = {"train": [], "val": []}
     used = {"train": 0, "val": 0}
     caps = {"train": max_train_bytes, "val": max_val_bytes}
-    for f in files:
-        rel = str(f.relative_to(root)) if f.is_relative_to(root) else str(f)
+    for f, rel in named:
         split = "val" if is_validation(rel, val_fraction) else "train"
         if caps[split] and used[split] >= caps[split]:
             continue
