@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: ingest, chunk, embed, index, retrieve."""

