@@ -67,7 +67,6 @@ def save_checkpoint(
     """Save and return `run_dir/step-XXXXXXXX`; keep only the newest `keep` good checkpoints (0 = all)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / checkpoint_name(step)
     tmp = run_dir / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -77,13 +76,21 @@ def save_checkpoint(
         torch.save(trainer_state, tmp / "trainer_state.pt")
     if write_extras is not None:
         write_extras(tmp)
+    return publish_checkpoint(tmp, run_dir, step, keep)
+
+
+def publish_checkpoint(tmp: Path, run_dir: Path, step: int, keep: int = 0, **manifest: Any) -> Path:
+    """Finish a checkpoint written into `tmp`: fsync and checksum every file, write the manifest last, rename
+    the directory to `run_dir/step-XXXXXXXX` (replacing a stale one) and prune to the newest `keep` good ones."""
+    final = run_dir / checkpoint_name(step)
     files = {}
-    for f in sorted(tmp.iterdir()):
+    for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
         with f.open("rb") as fh:
             os.fsync(fh.fileno())
-        files[f.name] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
-    write_json(tmp / MANIFEST, {"format": 1, "step": step, "files": files})
-    _fsync_dir(tmp)
+        files[str(f.relative_to(tmp))] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
+    write_json(tmp / MANIFEST, {"format": 1, "step": step, **manifest, "files": files})
+    for d in sorted({f.parent for f in tmp.rglob("*") if f.is_file()}, reverse=True):
+        _fsync_dir(d)
     if final.exists():  # e.g. a corrupt checkpoint of the same step from before a resume
         stale = run_dir / f".stale-{final.name}-{os.getpid()}"
         os.replace(final, stale)

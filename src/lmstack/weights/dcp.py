@@ -15,7 +15,6 @@ state of each rank's own partition under the same keys.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +26,10 @@ from torch import nn
 
 from lmstack.errors import CheckpointError, WeightsError
 from lmstack.weights.checkpoint import (
-    MANIFEST,
-    _fsync_dir,
-    _sha256,
     checkpoint_name,
-    list_checkpoints,
     load_weights,
+    publish_checkpoint,
     resolve_checkpoint,
-    verify_checkpoint,
     write_json,
 )
 
@@ -249,24 +244,7 @@ def save_distributed_checkpoint(
         torch.save(state, tmp / "trainer_state.pt")
         if write_extras is not None:
             write_extras(tmp)
-        files = {}
-        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            with f.open("rb") as fh:
-                os.fsync(fh.fileno())
-            files[str(f.relative_to(tmp))] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
-        write_json(tmp / MANIFEST, {"format": 1, "step": step, "layout": "dcp", "files": files})
-        _fsync_dir(tmp / DCP_DIR)
-        _fsync_dir(tmp)
-        if final.exists():
-            stale = run_dir / f".stale-{final.name}-{os.getpid()}"
-            os.replace(final, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(tmp, final)
-        _fsync_dir(run_dir)
-        if keep > 0:
-            good = [p for p in list_checkpoints(run_dir) if verify_checkpoint(p, raise_error=False) is None]
-            for old in good[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        final = publish_checkpoint(tmp, run_dir, step, keep, layout="dcp")
     barrier(ctx)
     return final
 
