@@ -78,6 +78,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from lmstack.weights.checkpoint import load_model_for_inference
 
     model, tokenizer = load_model_for_inference(args.checkpoint)
+    if tokenizer is None:
+        raise ConfigError(f"{args.checkpoint} has no tokenizer.json; lmstack sample needs one to read the prompt")
     if getattr(getattr(model, "cfg", None), "family", "decoder") != "decoder":
         raise ConfigError(f"lmstack sample continues text with a decoder; {args.checkpoint} holds a "
                           f"{model.cfg.family} model")

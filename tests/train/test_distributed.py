@@ -25,8 +25,8 @@ from lmstack.train.distributed import (
 )
 from lmstack.train.loop import TrainConfig, train
 from lmstack.train.metrics import read_metrics
-from lmstack.weights.checkpoint import verify_checkpoint
-from lmstack.weights.dcp import export_safetensors, is_dcp_checkpoint, load_full_model
+from lmstack.weights.checkpoint import load_model_for_inference, verify_checkpoint
+from lmstack.weights.dcp import export_safetensors, is_dcp_checkpoint, load_dcp_weights
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 _spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
@@ -146,7 +146,8 @@ def test_reshard_resume_two_ranks_to_one(suite, tmp_path, name):
 
 def test_dcp_shards_and_gathered_weights_are_bit_identical(suite):
     ckpt = suite / "zero3" / "step-00000020"
-    model, _ = load_full_model(ckpt)
+    model, _ = load_model_for_inference(ckpt)  # from the gathered model.safetensors
+    load_dcp_weights(model, ckpt)  # overwritten in place from the DCP shards
     gathered = load_file(ckpt / "model.safetensors")
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in gathered.items())
@@ -166,7 +167,7 @@ def test_export_to_one_hf_safetensors_file(suite, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     assert not list(out.glob("*.distcp"))
     hf_model, _ = load_hf(out)
-    ours, _ = load_full_model(suite / "zero3")
+    ours, _ = load_model_for_inference(suite / "zero3")
     ids = torch.arange(16).reshape(1, 16) % 97
     with torch.no_grad():
         torch.testing.assert_close(hf_model(ids), ours(ids), atol=1e-5, rtol=0)

@@ -201,7 +201,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_model_for_inference(path: str | Path, device: str = "cpu"):
-    """(model in eval mode, tokenizer) from an lmstack checkpoint or run directory."""
+    """(model in eval mode, tokenizer or None) from any lmstack checkpoint or run directory, in one process:
+    single-process, distributed (DCP shards, any world size) or packed."""
     from lmstack.config import from_dict
     from lmstack.models import ModelConfig, build_model
     from lmstack.tokenizer import Tokenizer
@@ -217,5 +218,11 @@ def load_model_for_inference(path: str | Path, device: str = "cpu"):
         from lmstack.weights.bitnet_export import prepare_packed
 
         model = prepare_packed(model, config["quantization"])
-    load_weights(model, ckpt)
-    return model.to(device).eval(), Tokenizer.load(ckpt)
+    if not (ckpt / "model.safetensors").is_file():  # a distributed checkpoint saved without consolidation
+        from lmstack.weights.dcp import load_dcp_weights
+
+        load_dcp_weights(model, ckpt)
+    else:
+        load_weights(model, ckpt)
+    tokenizer = Tokenizer.load(ckpt) if (ckpt / "tokenizer.json").is_file() else None
+    return model.to(device).eval(), tokenizer

@@ -14,7 +14,6 @@ state of each rank's own partition under the same keys.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +26,8 @@ from torch import nn
 from lmstack.errors import CheckpointError, WeightsError
 from lmstack.weights.checkpoint import (
     checkpoint_name,
-    load_weights,
+    load_model_for_inference,
     publish_checkpoint,
-    resolve_checkpoint,
     write_json,
 )
 
@@ -252,28 +250,13 @@ def save_distributed_checkpoint(
 # ----------------------------------------------------------------------------- export
 
 
-def load_full_model(checkpoint: str | Path) -> tuple[nn.Module, Any]:
-    """(model with full weights on CPU, tokenizer or None) from any lmstack checkpoint, in one process."""
-    from lmstack.config import from_dict
-    from lmstack.models import ModelConfig, build_model
-    from lmstack.tokenizer import Tokenizer
+def load_dcp_weights(model: nn.Module, ckpt: Path) -> None:
+    """Load the model tensors of a DCP checkpoint in place, in one plain process (any saved world size)."""
+    import torch.distributed.checkpoint as dcp
 
-    ckpt = resolve_checkpoint(checkpoint)
-    try:
-        config = json.loads((ckpt / "config.json").read_text())
-        model_cfg = from_dict(ModelConfig, config["model"], path="config.json:model")
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise CheckpointError(f"{ckpt}/config.json is missing or malformed: {exc}") from exc
-    model = build_model(model_cfg)
-    if is_dcp_checkpoint(ckpt):
-        import torch.distributed.checkpoint as dcp
-
-        sd = {"model": model.state_dict()}  # tensors of the model itself: loaded in place
-        dcp.load(sd, checkpoint_id=str(ckpt / DCP_DIR), no_dist=True)
-    else:
-        load_weights(model, ckpt)
-    tok = Tokenizer.load(ckpt) if (ckpt / "tokenizer.json").is_file() else None
-    return model.eval(), tok
+    if not is_dcp_checkpoint(ckpt):
+        raise CheckpointError(f"{ckpt} has neither model.safetensors nor DCP shards")
+    dcp.load({"model": model.state_dict()}, checkpoint_id=str(ckpt / DCP_DIR), no_dist=True)
 
 
 def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
@@ -281,7 +264,7 @@ def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
     the model has an HF layout (Llama, GPT-2, BERT), else lmstack's own."""
     from lmstack.weights.hf import save_hf
 
-    model, tok = load_full_model(checkpoint)
+    model, tok = load_model_for_inference(checkpoint)
     try:
         return save_hf(model, out_dir, tok)
     except WeightsError:

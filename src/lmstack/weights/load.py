@@ -55,7 +55,7 @@ def load_pretrained(
 ) -> tuple[nn.Module, Tokenizer | None]:
     """(model in eval mode, tokenizer) for a name, GGUF file, lmstack checkpoint, HF directory or hub id.
 
-    The tokenizer is None only for HF directories without `tokenizer.json`."""
+    The tokenizer is None only for a checkpoint or HF directory without `tokenizer.json`."""
     from lmstack.weights.minilm import NAMES as MINILM_NAMES
 
     name = str(spec)
