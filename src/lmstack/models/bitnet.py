@@ -1,0 +1,274 @@
+"""BitNet b1.58: ternary-weight linear layers for training, and their packed 2-bit form for inference.
+
+Training (`BitLinear`): the layer keeps latent full-precision weights. Every forward quantizes them to
+{-1, 0, +1} with one absmean scale per tensor (γ = mean|W|, W_t = clip(round(W / γ), -1, 1)); the input
+goes through an RMSNorm inside the layer (SubLN) and is quantized per token to int8 with absmax
+(s = 127 / max|x|, x_q = clip(round(x s), -128, 127)). The output is (x_q W_tᵀ) · γ / s. Gradients pass
+both roundings straight through (STE): the latent weights receive exactly the gradient a plain linear layer
+with weight γ·W_t would receive.
+
+The integer product x_q W_tᵀ has |x_q| ≤ 128 and ternary weights, so every partial sum is an integer of
+magnitude at most 2^24 for fan-in up to 131072: fp32 computes it *exactly*, in any summation order. Training
+computes it in floating point, the packed layer with an int8 × int8 → int32 matmul; both then apply the
+same fp32 rescale, so on CPU in fp32 the packed model reproduces the training-time forward bit for bit.
+
+Inference (`PackedBitLinear`): ternary codes stored 2 bits each, 4 per byte, in a planar layout (byte j of a
+row holds columns j, j + K/4, j + 2K/4, j + 3K/4, so unpacking is 4 shifts and a concatenation), plus γ.
+The fast CPU path unpacks once to int8 (cached, 1 byte/weight, refreshed on loading or moving the weights)
+and uses `torch._int_mm`; `cache_int8=False` unpacks per call instead (2 bits/weight resident).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmstack.errors import CheckpointError
+
+EPS = 1e-5  # floor of both scales' denominators: an all-zero weight or token stays zero instead of NaN
+ACT_MAX = 127.0  # int8 activations: round(x · 127 / max|x|) lies in [-127, 127]; clamp to [-128, 127]
+PACKING = "bitnet_b1.58/2bit-planar"  # the on-disk format name, recorded in config.json
+
+
+# ----------------------------------------------------------------------------- quantizers
+
+
+def weight_scale(w: Tensor) -> Tensor:
+    """Absmean scale γ = mean|W| of one weight tensor (fp32 0-d tensor)."""
+    return w.detach().float().abs().mean().clamp(min=EPS)
+
+
+def ternarize(w: Tensor) -> tuple[Tensor, Tensor]:
+    """(codes in {-1, 0, 1} as int8, γ): W ≈ γ · codes."""
+    gamma = weight_scale(w)
+    codes = (w.detach().float() / gamma).round().clamp(-1, 1).to(torch.int8)
+    return codes, gamma
+
+
+def quantize_activations(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token absmax int8: (integer-valued x_q in x's dtype, scale s of shape (..., 1)); x ≈ x_q / s."""
+    xf = x.detach().float()
+    scale = ACT_MAX / xf.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
+    return (xf * scale).round().clamp(-128, 127).to(x.dtype), scale
+
+
+def output_scale(gamma: Tensor, act_scale: Tensor) -> Tensor:
+    """γ / s: turns the integer product into the layer output. One function so both paths round alike."""
+    return gamma / act_scale
+
+
+# ----------------------------------------------------------------------------- training layer
+
+
+class _TernaryLinearFn(torch.autograd.Function):
+    """y = (x_q W_tᵀ) γ/s + b; backward is the straight-through estimator of the fake-quantized linear."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, x_q, act_scale, codes, gamma):
+        w_t = codes.to(x_q.dtype)
+        out = F.linear(x_q, w_t) * output_scale(gamma, act_scale).to(x_q.dtype)
+        if bias is not None:
+            out = out + bias.to(out.dtype)
+        ctx.save_for_backward(x_q, act_scale, codes, gamma)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x_q, act_scale, codes, gamma = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # d/dx of x_q/s taken as identity
+            grad_x = (grad_out @ (codes.to(grad_out.dtype) * gamma.to(grad_out.dtype))).to(x_dtype)
+        if ctx.needs_input_grad[1]:  # d/dW of γ·W_t taken as identity
+            x_dq = (x_q.float() / act_scale).to(grad_out.dtype)
+            g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x_dq.reshape(-1, x_dq.shape[-1])
+            grad_w = (g2.t() @ x2).to(w_dtype)
+        if b_dtype is not None and ctx.needs_input_grad[2]:
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(b_dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _rms_norm(dim: int, eps: float) -> nn.Module:
+    from lmstack.models.blocks import RMSNorm  # late import: blocks imports this module lazily too
+
+    return RMSNorm(dim, eps)
+
+
+class BitLinear(nn.Linear):
+    """A drop-in `nn.Linear` (same `weight`/`bias` names, same init) that trains a BitNet b1.58 layer.
+
+    `weight` holds the latent full-precision weights; `norm` is the SubLN RMSNorm applied to the input
+    before it is quantized.
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = False, norm_eps: float = 1e-5
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self.norm = _rms_norm(in_features, norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        x_q, act_scale = quantize_activations(x)
+        codes, gamma = ternarize(self.weight)
+        return _TernaryLinearFn.apply(x, self.weight, self.bias, x_q, act_scale, codes, gamma)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def pack_ternary(codes: Tensor) -> Tensor:
+    """int8 codes in {-1, 0, 1} of shape (N, K) → uint8 (N, ceil(K/4)), 2 bits each (planar layout)."""
+    if codes.dim() != 2:
+        raise ValueError(f"pack_ternary expects a 2-D weight, got shape {tuple(codes.shape)}")
+    if codes.numel() and (codes.min() < -1 or codes.max() > 1):
+        raise ValueError("pack_ternary expects values in {-1, 0, 1}")
+    n, k = codes.shape
+    quarter = -(-k // 4)
+    u = torch.ones(n, 4 * quarter, dtype=torch.uint8, device=codes.device)  # padding holds code 1 (= 0)
+    u[:, :k] = (codes + 1).to(torch.uint8)
+    planes = u.view(n, 4, quarter)
+    return planes[:, 0] | (planes[:, 1] << 2) | (planes[:, 2] << 4) | (planes[:, 3] << 6)
+
+
+def unpack_ternary(packed: Tensor, in_features: int) -> Tensor:
+    """Inverse of `pack_ternary`: uint8 (N, ceil(K/4)) → int8 codes (N, K)."""
+    planes = [(packed >> shift) & 3 for shift in (0, 2, 4, 6)]
+    return (torch.cat(planes, dim=1)[:, :in_features].view(torch.int8) - 1).contiguous()
+
+
+# ----------------------------------------------------------------------------- inference layer
+
+
+@functools.cache
+def _int_mm_works(device_type: str) -> bool:
+    """`torch._int_mm` on this device for any shape (CUDA needs M > 16, so it uses the float path)."""
+    if device_type != "cpu" or not hasattr(torch, "_int_mm"):
+        return False
+    try:
+        a = torch.tensor([[3, -2]], dtype=torch.int8)
+        return torch._int_mm(a, torch.tensor([[1], [-1]], dtype=torch.int8)).item() == 5
+    except RuntimeError:
+        return False
+
+
+def integer_matmul(x_q: Tensor, codes: Tensor) -> Tensor:
+    """Exact x_q @ codesᵀ as float32, for integer-valued x_q (..., K) and int8 codes (N, K)."""
+    lead = x_q.shape[:-1]
+    x2 = x_q.reshape(-1, x_q.shape[-1])
+    if x2.device.type == "cpu" and _int_mm_works("cpu"):
+        acc = torch._int_mm(x2.to(torch.int8), codes.t()).float()
+    else:  # integer sums below 2^24 are exact in fp32 (and in TF32/bf16 inputs, which hold |v| ≤ 256)
+        acc = F.linear(x2.float(), codes.float())
+    return acc.reshape(*lead, codes.shape[0])
+
+
+class PackedBitLinear(nn.Module):
+    """Inference-only BitNet layer: 2-bit packed ternary weights + γ; output equals `BitLinear`'s forward."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = False, norm_eps: float = 1e-5,
+        cache_int8: bool = True,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.cache_int8 = cache_int8
+        packed = torch.zeros(out_features, -(-in_features // 4), dtype=torch.uint8)
+        self.register_buffer("weight_packed", packed)
+        self.register_buffer("weight_scale", torch.ones(1))
+        self.norm = _rms_norm(in_features, norm_eps)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self._codes: Tensor | None = None
+        self._codes_key: tuple | None = None
+
+    @classmethod
+    def from_bitlinear(cls, layer: BitLinear, cache_int8: bool = True) -> PackedBitLinear:
+        out = cls(layer.in_features, layer.out_features, layer.bias is not None, layer.norm.eps, cache_int8)
+        codes, gamma = ternarize(layer.weight)
+        out.weight_packed.copy_(pack_ternary(codes))
+        out.weight_scale.copy_(gamma.reshape(1))
+        out.norm.weight.data.copy_(layer.norm.weight.detach())
+        if layer.bias is not None:
+            out.bias.data.copy_(layer.bias.detach())
+        return out.to(layer.weight.device)
+
+    def codes(self) -> Tensor:
+        """The int8 ternary weights (N, K): unpacked once and cached, or per call without the cache."""
+        if not self.cache_int8:
+            return unpack_ternary(self.weight_packed, self.in_features)
+        p = self.weight_packed
+        key = (p.data_ptr(), p.device)  # a move or a new buffer; loading new weights clears the cache below
+        if self._codes is None or self._codes_key != key:
+            self._codes, self._codes_key = unpack_ternary(p, self.in_features), key
+        return self._codes
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._codes = self._codes_key = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x)
+        x_q, act_scale = quantize_activations(x)
+        out = (integer_matmul(x_q, self.codes()) * output_scale(self.weight_scale, act_scale)).to(x_q.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out
+
+    def packed_bytes(self) -> int:
+        """Bytes of this layer's linear weights as stored: packed codes + the fp32 scale (+ bias)."""
+        n = self.weight_packed.numel() + 4 * self.weight_scale.numel()
+        return n + (4 * self.bias.numel() if self.bias is not None else 0)
+
+    def extra_repr(self) -> str:
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
+
+
+# ----------------------------------------------------------------------------- whole models
+
+
+def _replace(model: nn.Module, kind: type, make) -> int:
+    count = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is kind:
+                setattr(module, child_name, make(child))
+                count += 1
+    return count
+
+
+def pack_model(model: nn.Module, cache_int8: bool = True) -> nn.Module:
+    """Replace every `BitLinear` of `model` (in place) by its `PackedBitLinear`; returns the model."""
+    if _replace(model, BitLinear, lambda m: PackedBitLinear.from_bitlinear(m, cache_int8)) == 0:
+        raise CheckpointError("the model has no BitLinear layers: train it with model.bitnet=true to pack it")
+    return model.eval()
+
+
+def bitnet_state(model: nn.Module) -> dict[str, int]:
+    """Counts of BitLinear / PackedBitLinear / other nn.Linear layers (for reports and checks)."""
+    counts = {"bitlinear": 0, "packed": 0, "linear": 0}
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            counts["bitlinear"] += 1
+        elif isinstance(m, PackedBitLinear):
+            counts["packed"] += 1
+        elif isinstance(m, nn.Linear):
+            counts["linear"] += 1
+    return counts
+
+
+def linear_weight_bytes(model: nn.Module, fp_bytes: int = 2) -> dict[str, int]:
+    """Bytes of a packed model's block linear weights: `packed` (2-bit codes + fp32 scales + biases, as
+    stored), `fp` (the same matrices and biases at `fp_bytes` per value; 2 = fp16), and `subln` (the fp32
+    SubLN gains that BitNet adds, counted apart because an FP model has no such vectors)."""
+    packed = fp = subln = 0
+    for m in model.modules():
+        if isinstance(m, PackedBitLinear):
+            packed += m.packed_bytes()
+            fp += fp_bytes * (m.in_features * m.out_features + (m.out_features if m.bias is not None else 0))
+            subln += 4 * m.norm.weight.numel()
+    return {"packed": packed, "fp": fp, "subln": subln}
