@@ -26,7 +26,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(
     model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float
 ) -> torch.optim.AdamW:
-    fused = all(p.device.type == "cuda" for p in model.parameters())
+    # the fused kernel (CPU and CUDA) updates all parameters in one pass instead of a loop of small ops;
+    # sharded DTensor parameters (FSDP) keep the default implementation
+    from torch.distributed.tensor import DTensor
+
+    params = list(model.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and not isinstance(p, DTensor) for p in params)
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
