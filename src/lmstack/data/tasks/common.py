@@ -170,6 +170,33 @@ def progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
         yield lambda k=1: bar.advance(task, k)
 
 
+def draw_distinct(
+    task: str,
+    n: int,
+    split: str,
+    draw: Callable[[], dict | None],
+    key: Callable[[dict], str],
+    belongs: Callable[[dict], bool] = lambda item: True,
+) -> list[dict]:
+    """Call `draw` until `n` items with distinct `key`s that `belong` to the split are found (a draw may return
+    None to skip); gives up with a clear error when the generator cannot find that many."""
+    items: list[dict] = []
+    seen: set[str] = set()
+    attempts = 0
+    with progress(n, f"{task} {split}") as advance:
+        while len(items) < n:
+            attempts += 1
+            if attempts > 50 * n + 1000:
+                raise too_few(task, split, len(items), n, "ask for fewer items")
+            item = draw()
+            if item is None or key(item) in seen or not belongs(item):
+                continue
+            seen.add(key(item))
+            items.append(item)
+            advance(1)
+    return items
+
+
 def too_few(task: str, split: str, have: int, want: int, hint: str) -> DataError:
     """The error raised when a generator cannot find `want` distinct items."""
     return DataError(f"{task}/{split}: only {have} distinct items could be generated, {want} were asked for; {hint}")

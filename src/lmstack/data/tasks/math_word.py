@@ -30,14 +30,13 @@ from lmstack.data.tasks.answers import FINAL_ANSWER_PREFIX, answer_value, format
 from lmstack.data.tasks.common import (
     Templates,
     check_split,
+    draw_distinct,
     fill,
     hash_split,
     number_signature,
     numbers_in,
     pool_split,
-    progress,
     split_rng,
-    too_few,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1054,30 +1053,21 @@ def generate(n: int, seed: int, split: str, large: bool = False) -> dict[str, li
     check_split(split)
     task = "math_word_hard" if large else "math_word"
     rng = split_rng(seed, task, split)
+    drawn = draw_distinct(
+        task, n, split, lambda: _draw(rng, split, large), key=lambda item: item["question"],
+        belongs=lambda item: hash_split(number_signature(item["question"])) == split,
+    )
     items: list[dict] = []
-    seen: set[str] = set()
-    attempts = 0
-    with progress(n, f"{task} {split}") as advance:
-        while len(items) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise too_few(task, split, len(items), n, "ask for fewer items")
-            item = _draw(rng, split, large)
-            if item is None or item["question"] in seen:
-                continue
-            if hash_split(number_signature(item["question"])) != split:
-                continue
-            seen.add(item["question"])
-            record = {"id": f"{task}-{split}-{len(items):06d}", "task": task, "split": split}
-            record.update(item)
-            record["prompt"] = item["question"]
-            record["completion"] = item["rationale"]
-            record["messages"] = [
-                {"role": "user", "content": item["question"]},
-                {"role": "assistant", "content": item["rationale"]},
-            ]
-            items.append(record)
-            advance(1)
+    for i, item in enumerate(drawn):
+        record = {"id": f"{task}-{split}-{i:06d}", "task": task, "split": split}
+        record.update(item)
+        record["prompt"] = item["question"]
+        record["completion"] = item["rationale"]
+        record["messages"] = [
+            {"role": "user", "content": item["question"]},
+            {"role": "assistant", "content": item["rationale"]},
+        ]
+        items.append(record)
     return {"items": items}
 
 

@@ -19,13 +19,12 @@ from lmstack.data.tasks.answers import extract_answer, format_number, is_correct
 from lmstack.data.tasks.common import (
     Templates,
     check_split,
+    draw_distinct,
     fill,
     hash_split,
     number_signature,
     pool_split,
-    progress,
     split_rng,
-    too_few,
 )
 from lmstack.errors import DataError
 
@@ -311,20 +310,12 @@ def preferences(n: int, seed: int, split: str) -> dict[str, list[dict]]:
     """Prompt + chosen/rejected responses, ranked by a correctness-then-constraint oracle (not by length)."""
     check_split(split)
     rng = split_rng(seed, "preferences", split)
-    items: list[dict] = []
-    seen: set[str] = set()
-    attempts = 0
-    with progress(n, f"preferences {split}") as advance:
-        while len(items) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise too_few("preferences", split, len(items), n, "ask for fewer items")
-            pair = _pair(rng, split)
-            if pair is None or pair["prompt"] in seen:
-                continue
-            if hash_split(number_signature(pair["prompt"])) != split:
-                continue
-            seen.add(pair["prompt"])
-            items.append({"id": f"preferences-{split}-{len(items):06d}", "task": "preferences", "split": split, **pair})
-            advance(1)
+    drawn = draw_distinct(
+        "preferences", n, split, lambda: _pair(rng, split), key=lambda pair: pair["prompt"],
+        belongs=lambda pair: hash_split(number_signature(pair["prompt"])) == split,
+    )
+    items = [
+        {"id": f"preferences-{split}-{i:06d}", "task": "preferences", "split": split, **pair}
+        for i, pair in enumerate(drawn)
+    ]
     return {"items": items}

@@ -18,13 +18,12 @@ from lmstack.data.tasks.answers import format_number
 from lmstack.data.tasks.common import (
     Templates,
     check_split,
+    draw_distinct,
     fill,
     hash_split,
     number_signature,
     pool_split,
-    progress,
     split_rng,
-    too_few,
 )
 
 FIELDS = ("order_id", "customer", "city", "date", "quantity", "weight_kg")
@@ -170,30 +169,23 @@ def records(n: int, seed: int, split: str) -> dict[str, list[dict]]:
     """Free-text shipping records -> JSON with six fields (ids, names, dates to normalise, numbers)."""
     check_split(split)
     rng = split_rng(seed, "records", split)
-    items: list[dict] = []
-    seen: set[str] = set()
-    attempts = 0
-    with progress(n, f"records {split}") as advance:
-        while len(items) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise too_few("records", split, len(items), n, "ask for fewer items")
-            r = _record(rng, split)
-            if r["text"] in seen or hash_split(number_signature(r["text"])) != split:
-                continue
-            seen.add(r["text"])
-            prompt = f"{INSTRUCTION}\nRecord: {r['text']}"
-            completion = json.dumps(r["fields"], ensure_ascii=False)
-            items.append(
-                {
-                    "id": f"records-{split}-{len(items):06d}",
-                    "task": "records",
-                    "split": split,
-                    **r,
-                    "prompt": prompt,
-                    "completion": completion,
-                    "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
-                }
-            )
-            advance(1)
+    drawn = draw_distinct(
+        "records", n, split, lambda: _record(rng, split), key=lambda r: r["text"],
+        belongs=lambda r: hash_split(number_signature(r["text"])) == split,
+    )
+    items = []
+    for i, r in enumerate(drawn):
+        prompt = f"{INSTRUCTION}\nRecord: {r['text']}"
+        completion = json.dumps(r["fields"], ensure_ascii=False)
+        items.append(
+            {
+                "id": f"records-{split}-{i:06d}",
+                "task": "records",
+                "split": split,
+                **r,
+                "prompt": prompt,
+                "completion": completion,
+                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+            }
+        )
     return {"items": items}

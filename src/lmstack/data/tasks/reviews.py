@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from lmstack.data.tasks.common import Templates, check_split, fill, pool_split, progress, split_rng, too_few
+from lmstack.data.tasks.common import Templates, check_split, draw_distinct, fill, pool_split, split_rng
 
 LABELS = ("negative", "mixed", "positive")
 INSTRUCTION = "Is the following review positive, negative or mixed? Answer with one word."
@@ -169,30 +169,20 @@ def reviews(n: int, seed: int, split: str) -> dict[str, list[dict]]:
     """Generated product reviews labelled positive / negative / mixed (with negations)."""
     check_split(split)
     rng = split_rng(seed, "reviews", split)
-    items: list[dict] = []
-    seen: set[str] = set()
-    attempts = 0
-    with progress(n, f"reviews {split}") as advance:
-        while len(items) < n:
-            attempts += 1
-            if attempts > 50 * n + 1000:
-                raise too_few("reviews", split, len(items), n, "ask for fewer items")
-            r = _review(rng, split)
-            if r["text"] in seen:
-                continue
-            seen.add(r["text"])
-            prompt = f"{INSTRUCTION}\nReview: {r['text']}"
-            items.append(
-                {
-                    "id": f"reviews-{split}-{len(items):06d}",
-                    "task": "reviews",
-                    "split": split,
-                    **r,
-                    "labels": list(LABELS),
-                    "prompt": prompt,
-                    "completion": r["label"],
-                    "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": r["label"]}],
-                }
-            )
-            advance(1)
+    drawn = draw_distinct("reviews", n, split, lambda: _review(rng, split), key=lambda r: r["text"])
+    items = []
+    for i, r in enumerate(drawn):
+        prompt = f"{INSTRUCTION}\nReview: {r['text']}"
+        items.append(
+            {
+                "id": f"reviews-{split}-{i:06d}",
+                "task": "reviews",
+                "split": split,
+                **r,
+                "labels": list(LABELS),
+                "prompt": prompt,
+                "completion": r["label"],
+                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": r["label"]}],
+            }
+        )
     return {"items": items}
