@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -26,6 +24,7 @@ from lmstack.augment.sandbox import (
     run_python,
 )
 from lmstack.errors import ConfigError
+from testutil import live_children, sandbox_dirs
 
 FAST = Limits(cpu_s=1, wall_s=5.0)
 
@@ -290,31 +289,17 @@ def test_kernel_layers_are_reported_and_can_be_disabled() -> None:
 # --- the warm pool
 
 
-def _live_children() -> set[str]:
-    out: set[str] = set()
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        try:
-            out |= set(Path(f"/proc/{os.getpid()}/task/{task}/children").read_text().split())
-        except OSError:
-            pass
-    return out
-
-
-def _sandbox_dirs() -> set[str]:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("lmstack-sbx-")}
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
 def test_pool_runs_programs_in_order_and_leaves_nothing_behind() -> None:
-    kids, dirs = _live_children(), _sandbox_dirs()
+    kids, dirs = live_children(), sandbox_dirs()
     names = sorted(BENIGN)[-8:]
     with SandboxPool(2, limits=FAST) as pool:
-        assert len(_live_children() - kids) == 2  # two warm children waiting
+        assert len(live_children() - kids) == 2  # two warm children waiting
         results = pool.map([BENIGN[n][0] for n in names])
         single = pool.run("answer = 5")
     assert [r.ok for r in results] == [True] * len(names) and single.value == 5
     assert results[names.index("string_result")].value == "Tuesday"
-    assert _live_children() <= kids and _sandbox_dirs() <= dirs
+    assert live_children() <= kids and sandbox_dirs() <= dirs
 
 
 def test_pool_children_share_nothing() -> None:

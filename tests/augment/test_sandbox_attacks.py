@@ -36,6 +36,7 @@ from lmstack.augment.sandbox import (
     available_layers,
     run_program,
 )
+from testutil import live_children, sandbox_dirs
 
 LIMITS = Limits(cpu_s=1, wall_s=5.0, memory_mb=192, file_mb=1, open_files=32, output_bytes=20_000, result_bytes=4_000)
 SLACK_S = 2.5  # scheduling slack on a busy 2-core machine
@@ -471,20 +472,6 @@ def _processes_with(text: str) -> list[int]:
     return pids
 
 
-def _children() -> set[str]:
-    out: set[str] = set()
-    for task in os.listdir(f"/proc/{os.getpid()}/task"):
-        try:
-            out |= set(Path(f"/proc/{os.getpid()}/task/{task}/children").read_text().split())
-        except OSError:
-            pass
-    return out
-
-
-def _sandbox_dirs() -> set[str]:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("lmstack-sbx-")}
-
-
 def _snapshot(canary: Path) -> dict:
     return {
         "env": dict(os.environ),
@@ -523,7 +510,7 @@ def _escaped_files() -> list[str]:
 
 def _run(attack: Attack, canary: Path, listener: socket.socket, policy_on: bool, pooled: bool = False) -> None:
     code = attack.code.replace("{CANARY}", str(canary)).replace("{PORT}", str(listener.getsockname()[1]))
-    before, dirs_before, kids_before = _snapshot(canary), _sandbox_dirs(), _children()
+    before, dirs_before, kids_before = _snapshot(canary), sandbox_dirs(), live_children()
     policy = DEFAULT_POLICY if policy_on else None
     start = time.monotonic()
     if pooled:  # a warm child: set up and locked down before the program arrives
@@ -546,8 +533,8 @@ def _run(attack: Attack, canary: Path, listener: socket.socket, policy_on: bool,
         assert SECRET not in f"{result.stdout}{result.stderr}{result.message}{result.value}"
         # the host is unchanged: environment, cwd, signal handlers, threads, fds, files, children
         assert _snapshot(canary) == before
-        assert _sandbox_dirs() <= dirs_before
-        assert _children() <= kids_before
+        assert sandbox_dirs() <= dirs_before
+        assert live_children() <= kids_before
         assert _escaped_files() == []
         assert _processes_with(SLEEP_MARK) == []
         with pytest.raises(BlockingIOError):

@@ -197,15 +197,15 @@ def train(job: TrainingJob, cfg: TrainConfig, run_dir: str | Path, log: Callable
     ctx = setup_distributed(cfg.device, cfg.strategy, cfg.dist_timeout_s)
     ok = False
     try:
-        summary = _train(job, cfg, Path(run_dir), log if ctx.is_main else _quiet, ctx)
+        summary = _train(job, cfg, Path(run_dir), log if ctx.is_main else quiet, ctx)
         ok = True
         return summary
     finally:
         teardown_distributed(ctx, ok)
 
 
-def _quiet(message: str) -> None:
-    pass
+def quiet(message: str) -> None:
+    """A log function that drops messages (ranks other than 0)."""
 
 
 def _train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, log: Callable[[str], None], ctx) -> dict:

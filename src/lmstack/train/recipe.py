@@ -23,7 +23,7 @@ from lmstack.errors import ConfigError
 from lmstack.models import ModelConfig, build_model, model_config_from_dict
 from lmstack.tokenizer import Tokenizer
 from lmstack.train.distributed import barrier, meta_parameters, setup_distributed, teardown_distributed
-from lmstack.train.loop import TrainConfig, TrainingJob, train
+from lmstack.train.loop import TrainConfig, TrainingJob, quiet, train
 from lmstack.train.objectives import OBJECTIVES, SpecialIds
 from lmstack.weights.checkpoint import write_json
 
@@ -198,7 +198,7 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, log=print) 
     ok = False
     try:
         if not ctx.is_main:
-            log = _silent
+            log = quiet
         run_dir = recipe.run_dir
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +215,3 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, log=print) 
     finally:
         teardown_distributed(ctx, ok)
 
-
-def _silent(message: str) -> None:
-    pass
