@@ -237,7 +237,9 @@ def _add_generation_args(p: argparse.ArgumentParser, temperature: float) -> None
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=["fp32", "bf16", "int8", "int4"], default="fp32",
                    help="weights for decoding: fp32 (exact, default), or bf16 / int8 / int4 weight-only (faster)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow first call)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the single-token decode step (needs a C++ compiler; the first two "
+                   "generations compile for a few seconds; fastest with --mode bf16)")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@
   penalty, and stops on its own at eos, a stop id or a stop string.
 - `stream()` yields text pieces that never split a UTF-8 character and never show a stop string.
 
-Weight modes (see `fast.py`): "fp32" (default; same numerics as `DecoderLM`), "bf16", "int8"; and
-`compile=True` for a `torch.compile`d layer step.
+Weight modes (see `fast.py`): "fp32" (default; same numerics as `DecoderLM`), "bf16", "int8", "int4";
+and `compile=True` for a `torch.compile`d single-token step that reads the weights near memory bandwidth.
 """
 
 from __future__ import annotations

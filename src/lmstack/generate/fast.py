@@ -15,12 +15,21 @@ with the projection weights in one of four formats:
 
 The int8/int4 kernels are CPU kernels and take bfloat16 activations (their fast path); embeddings,
 norms, the residual stream, attention and the KV cache stay fp32 in every mode. Every mode holds its own
-copy of the projection weights (fp32: one more fp32 copy). `compile=True` runs each layer through
-`torch.compile` (needs a C++ compiler; the first calls compile for a while; no gain measured here).
+copy of the projection weights (fp32: one more fp32 copy).
+
+`compile=True` (opt-in; needs a C++ compiler; the first decode step compiles for a few seconds) runs each
+single-token decode step through `torch.compile`, with the batch-1 projections, the output head and the
+attention written as explicit multiply-and-sum reductions (`rowdot_linear`, `decode_attention`). Inductor
+turns each into one vectorised, multi-threaded pass over the weights or the cache, which reads memory
+close to the measured bandwidth; the BLAS GEMV behind `x @ W` reaches about half of it here and does not
+speed up with a second thread. The sums run in another order than BLAS's, so fp32 + compile differs from
+fp32 by float reassociation (~1e-4 on logits). int4 keeps its packed kernel inside the compiled layer.
+Prefill stays eager (it is a matrix-matrix product, where the BLAS kernels are already efficient).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Literal
 
@@ -79,6 +88,8 @@ def packed_linear(mode: str, x: Tensor, weight: Any, scale: Tensor | None, bias:
     """y = x Wᵀ + b for a weight packed by `PackedLinear` (a plain function, so that it compiles)."""
     if mode == "fp32":
         y = x @ weight
+    elif mode == "fp32rows":
+        y = F.linear(x, weight)
     elif mode == "int8dyn":
         shape = x.shape
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]), weight).view(*shape[:-1], -1)
@@ -93,6 +104,32 @@ def packed_linear(mode: str, x: Tensor, weight: Any, scale: Tensor | None, bias:
             y = torch._weight_int4pack_mm_for_cpu(x2, weight, INT4_GROUP, scale)
         y = y.float().view(*shape[:-1], -1)
     return y if bias is None else y + bias
+
+
+def rowdot_linear(mode: str, x: Tensor, weight: Any, scale: Tensor | None, bias: Tensor | None) -> Tensor:
+    """`packed_linear` for one token, written as a multiply-and-sum over the rows of an (out, in) weight:
+    under torch.compile this becomes one fused pass that converts and reduces each weight as it is read.
+    Modes whose weights are not plain (out, in) tensors (fp32's transposed copy, int4, int8dyn) fall back."""
+    if mode not in ("fp32rows", "bf16", "int8"):
+        return packed_linear(mode, x, weight, scale, bias)
+    y = (x.unsqueeze(-2) * weight.float()).sum(-1)
+    if scale is not None:
+        y = y * scale.float()
+    return y if bias is None else y + bias
+
+
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Softmax attention of one new query per row over the cache, as explicit reductions (compiles to a
+    fused pass over the cache). q: (B, 1, H, D); k, v: (B, KVH, T, D), query head i uses kv head
+    i // (H // KVH) as in `enable_gqa`; mask: bool (B, 1, 1, T), True = attend. Returns (B, 1, H * D)."""
+    bsz, _, h, hd = q.shape
+    kvh = k.shape[1]
+    q = q.reshape(bsz, kvh, h // kvh, 1, hd)
+    scores = (q * k.unsqueeze(2)).sum(-1) * hd**-0.5  # (B, KVH, G, T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return (probs.unsqueeze(-1) * v.unsqueeze(2)).sum(-2).reshape(bsz, 1, h * hd)
 
 
 class PackedLinear:
@@ -114,6 +151,8 @@ class PackedLinear:
                 self.nbytes = weight.numel() + 4 * weight.shape[0]
         if mode == "fp32":
             self.weight = weight.float().t().contiguous()
+        elif mode == "fp32rows":
+            self.weight = weight.float().contiguous()
         elif mode == "bf16":
             self.weight = weight.to(torch.bfloat16).contiguous()
         elif mode == "int8":
@@ -161,7 +200,9 @@ class FastDecoder:
         if not all(plain) or type(model.lm_head) is not nn.Linear:
             raise ConfigError("FastDecoder packs plain nn.Linear projections only (this model has other layer "
                               "kinds, e.g. BitNet); use the model's own forward")
-        self.model, self.cfg, self.mode = model, model.cfg, mode
+        self.model, self.cfg, self.mode, self.compiled = model, model.cfg, mode, compile
+        # the compiled decode step reduces over the rows of (out, in) fp32 weights, not their transpose
+        self.packing = packing = "fp32rows" if compile and mode == "fp32" else mode
         c = self.cfg
         self.h, self.kvh, self.hd, self.d = c.n_heads, c.kv_heads, c.head_dim, c.d_model
         self.rms, self.eps = c.norm == "rmsnorm", c.norm_eps
@@ -171,16 +212,23 @@ class FastDecoder:
         self.layers: list[tuple[Tensor | None, ...]] = []
         for block in model.layers:
             a, m = block.attn, block.mlp
-            lins = [PackedLinear(lin.weight, lin.bias, mode) for lin in (a.qkv_proj, a.o_proj, m.up_proj, m.down_proj)]
+            projections = (a.qkv_proj, a.o_proj, m.up_proj, m.down_proj)
+            lins = [PackedLinear(lin.weight, lin.bias, packing) for lin in projections]
             self.linears += lins
             self.layers.append((*_norm_tensors(block.attn_norm), *lins[0].tensors, *lins[1].tensors,
                                 *_norm_tensors(block.mlp_norm), *lins[2].tensors, *lins[3].tensors))
         # The output head stays int8 in int4 mode: 4 bits there cost far more quality than in the blocks. It
         # runs through fbgemm's dynamic int8 GEMV (int8 activations too), several times faster here than
         # the weight-only int8 kernel on this 49152-row matrix.
-        self.head = PackedLinear(model.lm_head.weight, None, "int8dyn" if mode == "int4" else mode)
+        self.head = PackedLinear(model.lm_head.weight, None, "int8dyn" if mode == "int4" else packing)
         self.final_norm = _norm_tensors(model.norm)
-        self._layer_fn = torch.compile(self._layer, dynamic=True) if compile else self._layer
+        if compile:
+            # One graph per (weight mode, model shape, batch of 1 or more, mask or not, first or later cache
+            # length): several engines in one process pass dynamo's default limit of 8 per function.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self._decode_layer = torch.compile(functools.partial(self._layer, decode=True))
+            # fbgemm's packed int8 head (int4 mode) is an opaque object that torch.compile does not trace
+            self._decode_head = self._head if mode == "int4" else torch.compile(self._head)
 
     @property
     def weight_bytes(self) -> int:
@@ -209,32 +257,43 @@ class FastDecoder:
 
     def _layer(
         self, x: Tensor, cos: Tensor | None, sin: Tensor | None, k_cache: Tensor, v_cache: Tensor, start: int,
-        mask: Tensor | None, is_causal: bool, p: tuple[Tensor | None, ...],
+        mask: Tensor | None, is_causal: bool, p: tuple[Tensor | None, ...], decode: bool = False,
     ) -> Tensor:
+        """One block. `decode=True` (the compiled single-token step) uses the explicit reductions."""
         bsz, seq, _ = x.shape
-        h, kvh, hd, mode = self.h, self.kvh, self.hd, self.mode
-        qkv = packed_linear(mode, self._norm(x, p[0], p[1]), p[2], p[3], p[4]).view(bsz, seq, h + 2 * kvh, hd)
+        h, kvh, hd = self.h, self.kvh, self.hd
+        mode = self.packing
+        linear = rowdot_linear if decode and bsz == 1 else packed_linear
+        qkv = linear(mode, self._norm(x, p[0], p[1]), p[2], p[3], p[4]).view(bsz, seq, h + 2 * kvh, hd)
         qk, v = qkv[:, :, : h + kvh], qkv[:, :, h + kvh :]
         if cos is not None:
             half = hd // 2
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
         end = start + seq
-        k_cache[:, :, start:end] = qk[:, :, h:].transpose(1, 2)
-        v_cache[:, :, start:end] = v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            qk[:, :, :h].transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
-            is_causal=is_causal, enable_gqa=kvh != h,
-        )
-        x = x + packed_linear(mode, out.transpose(1, 2).reshape(bsz, seq, h * hd), p[5], p[6], p[7])
-        u = packed_linear(mode, self._norm(x, p[8], p[9]), p[10], p[11], p[12])
+        k_cache.narrow(2, start, seq).copy_(qk[:, :, h:].transpose(1, 2))
+        v_cache.narrow(2, start, seq).copy_(v.transpose(1, 2))
+        keys, values = k_cache.narrow(2, 0, end), v_cache.narrow(2, 0, end)
+        if decode:
+            out = decode_attention(qk[:, :, :h], keys, values, mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                qk[:, :, :h].transpose(1, 2), keys, values, attn_mask=mask, is_causal=is_causal, enable_gqa=kvh != h,
+            ).transpose(1, 2).reshape(bsz, seq, h * hd)
+        x = x + linear(mode, out, p[5], p[6], p[7])
+        u = linear(mode, self._norm(x, p[8], p[9]), p[10], p[11], p[12])
         if self.gated:
             gate, up = u.chunk(2, dim=-1)
             u = self._act(gate) * up
         else:
             u = self._act(u)
-        return x + packed_linear(mode, u, p[13], p[14], p[15])
+        return x + linear(mode, u, p[13], p[14], p[15])
 
-    @torch.inference_mode()
+    def _head(self, x: Tensor, decode: bool = False) -> Tensor:
+        x = self._norm(x, *self.final_norm)
+        if decode and x.shape[0] == 1:
+            return rowdot_linear(self.head.mode, x, *self.head.tensors)
+        return self.head(x)
+
     def __call__(
         self,
         input_ids: Tensor,
@@ -251,17 +310,21 @@ class FastDecoder:
         start = cache.length
         if start + seq > cache.max_len:
             raise ValueError(f"KV cache is full: {start + seq} tokens > max_len {cache.max_len}")
-        x = self.model.embed(input_ids, positions)
-        cos = sin = None
-        if self.model.rope is not None:
-            cos = self.model.rope.cos[positions].unsqueeze(2)
-            sin = self.model.rope.sin[positions].unsqueeze(2)
-        for i, p in enumerate(self.layers):
-            x = self._layer_fn(x, cos, sin, cache.k[i], cache.v[i], start, mask, is_causal, p)
-        cache.length = start + seq
-        if last_only:
-            x = x[:, -1]
-        return self.head(self._norm(x, *self.final_norm))
+        decode = self.compiled and seq == 1
+        # compiled graphs are traced under no_grad: inference tensors would add guards and recompiles
+        with torch.no_grad() if decode else torch.inference_mode():
+            x = self.model.embed(input_ids, positions)
+            cos = sin = None
+            if self.model.rope is not None:
+                cos = self.model.rope.cos[positions].unsqueeze(2)
+                sin = self.model.rope.sin[positions].unsqueeze(2)
+            layer = self._decode_layer if decode else self._layer
+            for i, p in enumerate(self.layers):
+                x = layer(x, cos, sin, cache.k[i], cache.v[i], start, mask, is_causal, p)
+            cache.length = start + seq
+            if last_only:
+                x = x[:, -1]
+            return self._decode_head(x, decode=True) if decode else self._head(x)
 
 
 class ModelForward:
