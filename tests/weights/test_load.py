@@ -39,6 +39,23 @@ def test_hf_directory(tmp_path, model, tiny_tokenizer):
     assert same_logits(loaded, model) and tok is not None
 
 
+def test_hub_id_resolves_through_the_local_hub_cache(tmp_path, model, tiny_tokenizer, monkeypatch):
+    """The hub path, offline: `huggingface_hub` finds `org/name` in its cache, laid out as a download leaves
+    it (models--org--name/refs/main → snapshots/<commit>/), and lmstack loads that snapshot."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    save_hf(model, repo / "snapshots" / commit, tokenizer=tiny_tokenizer)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    loaded, tok = load_pretrained("tiny-org/tiny-llama")
+    assert same_logits(loaded, model) and tok.encode("the fox") == tiny_tokenizer.encode("the fox")
+    with pytest.raises(WeightsError, match="fetching it from the HF hub failed"):
+        load_pretrained("tiny-org/not-in-the-cache")
+
+
 def test_lmstack_checkpoint_and_run_directory(tmp_path, model, tiny_tokenizer):
     def extras(directory):
         (directory / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model.cfg)}))
