@@ -42,6 +42,44 @@ def test_weights_are_ternary_with_the_absmean_scale():
     assert torch.all((codes.float() * gamma - w).abs() <= torch.maximum(w.abs() - gamma, gamma / 2) + 1e-7)
 
 
+def test_fused_parts_get_their_own_scale_as_separate_layers_would():
+    """q, k and v in one matrix: each part is ternarized on its own absmean, so the fused layer computes
+    exactly what three separate BitLinear layers (sharing the SubLN gain) compute."""
+    fused = BitLinear(16, 24, splits=(8, 8, 8))
+    with torch.no_grad():
+        fused.weight[8:16] *= 0.01  # a part 100x smaller: one shared γ would round it all to zero
+        fused.norm.weight.uniform_(0.5, 1.5)
+    codes, gamma = ternarize(fused.weight, fused.splits)
+    parts = fused.weight.detach().split(8)
+    assert gamma.tolist() == [float(p.abs().mean()) for p in parts]
+    assert (codes[8:16] != 0).float().mean() > 0.5
+    assert (ternarize(fused.weight)[0][8:16] == 0).all()  # what the shared scale would have done
+    separate = []
+    for part in parts:
+        layer = BitLinear(16, 8)
+        with torch.no_grad():
+            layer.weight.copy_(part)
+            layer.norm.weight.copy_(fused.norm.weight)
+        separate.append(layer)
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        assert torch.equal(fused(x), torch.cat([layer(x) for layer in separate], dim=-1))
+    packed = PackedBitLinear.from_bitlinear(fused)
+    with torch.no_grad():
+        assert torch.equal(packed(x), fused(x))
+    with pytest.raises(ValueError, match="add up to"):
+        BitLinear(16, 24, splits=(8, 8))
+
+
+def test_packed_layer_reads_a_single_scale_for_every_part():
+    """Exports from before per-part scales stored one γ per matrix; it applies to every part."""
+    fused = PackedBitLinear.from_bitlinear(BitLinear(16, 24, splits=(8, 8, 8)))
+    state = fused.state_dict()
+    state["weight_scale"] = torch.tensor([0.25])
+    fused.load_state_dict(state)
+    assert fused.weight_scale.tolist() == [0.25, 0.25, 0.25]
+
+
 def test_activations_are_per_token_absmax_int8():
     x = torch.randn(3, 5, 16) * torch.tensor([0.01, 1.0, 50.0])[:, None, None]
     x_q, scale = quantize_activations(x)
@@ -188,7 +226,9 @@ def test_packed_model_reproduces_the_training_model(preset):
     biases = sum(m.out_features for m in layers if m.bias is not None)
     assert sizes["fp"] == 2 * sum(m.in_features * m.out_features for m in layers) + 2 * biases
     codes_bytes = sum(m.out_features * math.ceil(m.in_features / 4) for m in layers)
-    assert sizes["packed"] == codes_bytes + 4 * len(layers) + 4 * biases
+    scales = sum(m.weight_scale.numel() for m in layers)  # one γ per fused part: q, k, v; gate, up
+    assert scales == model.cfg.n_layers * (3 + 1 + (2 if model.cfg.mlp == "swiglu" else 1) + 1)
+    assert sizes["packed"] == codes_bytes + 4 * scales + 4 * biases
     if not model.cfg.bias:  # 2 bits against 16: the codes alone are exactly 8x smaller than fp16
         assert sizes["fp"] == 8 * codes_bytes
 

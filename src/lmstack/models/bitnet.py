@@ -1,7 +1,9 @@
 """BitNet b1.58: ternary-weight linear layers for training, and their packed 2-bit form for inference.
 
 Training (`BitLinear`): the layer keeps latent full-precision weights. Every forward quantizes them to
-{-1, 0, +1} with one absmean scale per tensor (γ = mean|W|, W_t = clip(round(W / γ), -1, 1)); the input
+{-1, 0, +1} with one absmean scale per tensor (γ = mean|W|, W_t = clip(round(W / γ), -1, 1)); a fused
+projection (q, k and v in one matrix; SwiGLU's gate and up) gets one γ per part (`splits`), exactly as the
+separate layers of the paper's LLaMA-style models would, so that no part is rounded on another's scale. The input
 goes through an RMSNorm inside the layer (SubLN) and is quantized per token to int8 with absmax
 (s = 127 / max|x|, x_q = clip(round(x s), -128, 127)). The output is (x_q W_tᵀ) · γ / s. Gradients pass
 both roundings straight through (STE): the latent weights receive exactly the gradient a plain linear layer
@@ -36,15 +38,25 @@ PACKING = "bitnet_b1.58/2bit-planar"  # the on-disk format name, recorded in con
 # ----------------------------------------------------------------------------- quantizers
 
 
-def weight_scale(w: Tensor) -> Tensor:
-    """Absmean scale γ = mean|W| of one weight tensor (fp32 0-d tensor)."""
-    return w.detach().float().abs().mean().clamp(min=EPS)
+def weight_scale(w: Tensor, splits: tuple[int, ...] | None = None) -> Tensor:
+    """Absmean scales γ = mean|W| of each part of W (its rows cut by `splits`; None: the whole tensor is one
+    part): fp32, shape (parts,)."""
+    w = w.detach().float()
+    parts = (w,) if splits is None else w.split(list(splits), dim=0)
+    return torch.stack([p.abs().mean() for p in parts]).clamp(min=EPS)
 
 
-def ternarize(w: Tensor) -> tuple[Tensor, Tensor]:
-    """(codes in {-1, 0, 1} as int8, γ): W ≈ γ · codes."""
-    gamma = weight_scale(w)
-    codes = (w.detach().float() / gamma).round().clamp(-1, 1).to(torch.int8)
+def row_scales(gamma: Tensor, splits: tuple[int, ...] | None) -> Tensor:
+    """Per-part γ (parts,) → one γ per output row (rows,); a single γ stays (1,) and broadcasts."""
+    if splits is None:
+        return gamma
+    return gamma.repeat_interleave(torch.tensor(splits, device=gamma.device))
+
+
+def ternarize(w: Tensor, splits: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor]:
+    """(codes in {-1, 0, 1} as int8, γ per part): W ≈ γ_part · codes, row by row."""
+    gamma = weight_scale(w, splits)
+    codes = (w.detach().float() / row_scales(gamma, splits)[:, None]).round().clamp(-1, 1).to(torch.int8)
     return codes, gamma
 
 
@@ -55,9 +67,10 @@ def quantize_activations(x: Tensor) -> tuple[Tensor, Tensor]:
     return (xf * scale).round().clamp(-128, 127).to(x.dtype), scale
 
 
-def output_scale(gamma: Tensor, act_scale: Tensor) -> Tensor:
-    """γ / s: turns the integer product into the layer output. One function so both paths round alike."""
-    return gamma / act_scale
+def output_scale(gamma_rows: Tensor, act_scale: Tensor) -> Tensor:
+    """γ / s, (..., rows): turns the integer product into the layer output. One function so both paths
+    round alike."""
+    return gamma_rows / act_scale
 
 
 # ----------------------------------------------------------------------------- training layer
@@ -82,7 +95,7 @@ class _TernaryLinearFn(torch.autograd.Function):
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # d/dx of x_q/s taken as identity
-            grad_x = (grad_out @ (codes.to(grad_out.dtype) * gamma.to(grad_out.dtype))).to(x_dtype)
+            grad_x = (grad_out @ (codes.to(grad_out.dtype) * gamma.to(grad_out.dtype)[:, None])).to(x_dtype)
         if ctx.needs_input_grad[1]:  # d/dW of γ·W_t taken as identity
             x_dq = (x_q.float() / act_scale).to(grad_out.dtype)
             g2, x2 = grad_out.reshape(-1, grad_out.shape[-1]), x_dq.reshape(-1, x_dq.shape[-1])
@@ -90,6 +103,17 @@ class _TernaryLinearFn(torch.autograd.Function):
         if b_dtype is not None and ctx.needs_input_grad[2]:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(b_dtype)
         return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _check_splits(splits: tuple[int, ...] | None, out_features: int) -> tuple[int, ...] | None:
+    """Normalised `splits`: None for one part; else positive part sizes that add up to `out_features`."""
+    if splits is None or len(splits) <= 1:
+        if splits and splits[0] != out_features:
+            raise ValueError(f"splits {tuple(splits)} must add up to out_features={out_features}")
+        return None
+    if any(int(n) <= 0 for n in splits) or sum(splits) != out_features:
+        raise ValueError(f"splits {tuple(splits)} must be positive and add up to out_features={out_features}")
+    return tuple(int(n) for n in splits)
 
 
 def _rms_norm(dim: int, eps: float) -> nn.Module:
@@ -102,20 +126,23 @@ class BitLinear(nn.Linear):
     """A drop-in `nn.Linear` (same `weight`/`bias` names, same init) that trains a BitNet b1.58 layer.
 
     `weight` holds the latent full-precision weights; `norm` is the SubLN RMSNorm applied to the input
-    before it is quantized.
+    before it is quantized; `splits` (output sizes of fused parts, e.g. q, k, v) gives each part its own γ.
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = False, norm_eps: float = 1e-5
+        self, in_features: int, out_features: int, bias: bool = False, norm_eps: float = 1e-5,
+        splits: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self.norm = _rms_norm(in_features, norm_eps)
+        self.splits = _check_splits(splits, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
         x_q, act_scale = quantize_activations(x)
-        codes, gamma = ternarize(self.weight)
-        return _TernaryLinearFn.apply(x, self.weight, self.bias, x_q, act_scale, codes, gamma)
+        codes, gamma = ternarize(self.weight, self.splits)
+        rows = row_scales(gamma, self.splits)
+        return _TernaryLinearFn.apply(x, self.weight, self.bias, x_q, act_scale, codes, rows)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -168,18 +195,20 @@ def integer_matmul(x_q: Tensor, codes: Tensor) -> Tensor:
 
 
 class PackedBitLinear(nn.Module):
-    """Inference-only BitNet layer: 2-bit packed ternary weights + γ; output equals `BitLinear`'s forward."""
+    """Inference-only BitNet layer: 2-bit packed ternary weights + γ per part; output equals `BitLinear`'s
+    forward."""
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = False, norm_eps: float = 1e-5,
-        cache_int8: bool = True,
+        cache_int8: bool = True, splits: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.cache_int8 = cache_int8
+        self.splits = _check_splits(splits, out_features)
         packed = torch.zeros(out_features, -(-in_features // 4), dtype=torch.uint8)
         self.register_buffer("weight_packed", packed)
-        self.register_buffer("weight_scale", torch.ones(1))
+        self.register_buffer("weight_scale", torch.ones(1 if self.splits is None else len(self.splits)))
         self.norm = _rms_norm(in_features, norm_eps)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._codes: Tensor | None = None
@@ -187,10 +216,11 @@ class PackedBitLinear(nn.Module):
 
     @classmethod
     def from_bitlinear(cls, layer: BitLinear, cache_int8: bool = True) -> PackedBitLinear:
-        out = cls(layer.in_features, layer.out_features, layer.bias is not None, layer.norm.eps, cache_int8)
-        codes, gamma = ternarize(layer.weight)
+        out = cls(layer.in_features, layer.out_features, layer.bias is not None, layer.norm.eps, cache_int8,
+                  layer.splits)
+        codes, gamma = ternarize(layer.weight, layer.splits)
         out.weight_packed.copy_(pack_ternary(codes))
-        out.weight_scale.copy_(gamma.reshape(1))
+        out.weight_scale.copy_(gamma)
         out.norm.weight.data.copy_(layer.norm.weight.detach())
         if layer.bias is not None:
             out.bias.data.copy_(layer.bias.detach())
@@ -206,14 +236,20 @@ class PackedBitLinear(nn.Module):
             self._codes, self._codes_key = unpack_ternary(p, self.in_features), key
         return self._codes
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         self._codes = self._codes_key = None
-        super()._load_from_state_dict(*args, **kwargs)
+        key = prefix + "weight_scale"
+        scale = state_dict.get(key)
+        if scale is not None and scale.numel() == 1 and self.weight_scale.numel() > 1:
+            # exports made before fused parts had their own γ: the one γ holds for every part
+            state_dict[key] = scale.reshape(1).expand(self.weight_scale.numel()).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
         x_q, act_scale = quantize_activations(x)
-        out = (integer_matmul(x_q, self.codes()) * output_scale(self.weight_scale, act_scale)).to(x_q.dtype)
+        rows = row_scales(self.weight_scale, self.splits)
+        out = (integer_matmul(x_q, self.codes()) * output_scale(rows, act_scale)).to(x_q.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out
@@ -225,7 +261,8 @@ class PackedBitLinear(nn.Module):
 
     def extra_repr(self) -> str:
         bias = self.bias is not None
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}"
+        parts = "" if self.splits is None else f", splits={self.splits}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}{parts}"
 
 
 # ----------------------------------------------------------------------------- whole models

@@ -16,13 +16,16 @@ from torch import Tensor, nn
 from lmstack.models.config import ModelConfig
 
 
-def linear(cfg: ModelConfig, d_in: int, d_out: int, bias: bool | None = None) -> nn.Module:
-    """Every linear layer of a block is made here, so that a model-wide switch can swap its kind."""
+def linear(
+    cfg: ModelConfig, d_in: int, d_out: int, bias: bool | None = None, splits: tuple[int, ...] | None = None
+) -> nn.Module:
+    """Every linear layer of a block is made here, so that a model-wide switch can swap its kind. `splits`:
+    output sizes of the parts a fused projection stands for (q/k/v, gate/up); BitNet scales each apart."""
     bias = cfg.bias if bias is None else bias
     if cfg.bitnet:  # BitNet b1.58 ternary layers; embeddings and lm_head are built elsewhere, full precision
         from lmstack.models.bitnet import BitLinear
 
-        return BitLinear(d_in, d_out, bias=bias, norm_eps=cfg.norm_eps)
+        return BitLinear(d_in, d_out, bias=bias, norm_eps=cfg.norm_eps, splits=splits)
     return nn.Linear(d_in, d_out, bias=bias)
 
 
@@ -195,9 +198,9 @@ class Attention(nn.Module):
         q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         if cross:
             self.q_proj = linear(cfg, cfg.d_model, q_dim)
-            self.kv_proj = linear(cfg, cfg.d_model, 2 * kv_dim)
+            self.kv_proj = linear(cfg, cfg.d_model, 2 * kv_dim, splits=(kv_dim, kv_dim))
         else:
-            self.qkv_proj = linear(cfg, cfg.d_model, q_dim + 2 * kv_dim)
+            self.qkv_proj = linear(cfg, cfg.d_model, q_dim + 2 * kv_dim, splits=(q_dim, kv_dim, kv_dim))
         self.o_proj = linear(cfg, q_dim, cfg.d_model)
         self.dropout = cfg.dropout
 
@@ -257,7 +260,8 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.mlp in ("swiglu", "geglu")
         self.act = _ACTIVATIONS[cfg.mlp]
-        self.up_proj = linear(cfg, cfg.d_model, (2 if self.gated else 1) * cfg.d_ff)
+        self.up_proj = linear(cfg, cfg.d_model, (2 if self.gated else 1) * cfg.d_ff,
+                              splits=(cfg.d_ff, cfg.d_ff) if self.gated else None)
         self.down_proj = linear(cfg, cfg.d_ff, cfg.d_model)
 
     def forward(self, x: Tensor) -> Tensor:

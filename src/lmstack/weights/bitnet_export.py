@@ -2,9 +2,10 @@
 
 The packed checkpoint is an ordinary lmstack checkpoint directory (manifest, checksums, atomic rename) whose
 `model.safetensors` holds, for every block linear layer, `weight_packed` (uint8, 4 ternary weights per byte),
-`weight_scale` (fp32 γ), the SubLN `norm.weight` and any bias; embeddings, norms and the LM head stay as
-trained. `config.json` gains a `quantization` entry, which `load_model_for_inference` reads to build the
-packed model, so `sample`, `generate` and `chat` load it like any checkpoint.
+`weight_scale` (fp32 γ, one per fused part: q, k, v; gate, up), the SubLN `norm.weight` and any bias;
+embeddings, norms and the LM head stay as trained. `config.json` gains a `quantization` entry, which
+`load_model_for_inference` reads to build the packed model, so `sample`, `generate` and `chat` load it like
+any checkpoint.
 """
 
 from __future__ import annotations
