@@ -28,6 +28,7 @@ from torch import nn
 
 from benchmarks.common import RESULTS, markdown_table, median, timed, write_results
 from lmstack.models.bitnet import (
+    PACKING_BASE3,
     BitLinear,
     PackedBitLinear,
     integer_matmul,
@@ -85,15 +86,20 @@ def train_one(
     }
     block_linear = [m for m in job.model.modules() if isinstance(m, nn.Linear) and m is not job.model.lm_head]
     row["linear_bytes_fp16"] = sum(2 * m.weight.numel() for m in block_linear)
-    if kind == "bitnet":  # pack, reload from disk, and evaluate the packed model on the same batches
+    if kind == "bitnet":  # pack (both formats), reload from disk, evaluate the packed model on the same batches
         info = export_bitnet(run_dir, run_dir / "packed")
         packed, _ = load_model_for_inference(run_dir / "packed")
         packed_loss = evaluate(dataclasses.replace(job, model=packed), torch.device("cpu"), None)
         sizes = linear_weight_bytes(packed)
+        info3 = export_bitnet(run_dir, run_dir / "packed_base3", PACKING_BASE3)
+        base3, _ = load_model_for_inference(run_dir / "packed_base3")
+        base3_loss = evaluate(dataclasses.replace(job, model=base3), torch.device("cpu"), None)
         row.update(
-            packed_val_loss=packed_loss, packed_equals_training=packed_loss == summary["val_loss"],
-            linear_bytes_packed=sizes["packed"], subln_bytes=sizes["subln"],
-            file_bytes_training=info["file_bytes_source"], file_bytes_packed=info["file_bytes_packed"],
+            packed_val_loss=packed_loss, base3_val_loss=base3_loss,
+            packed_equals_training=packed_loss == summary["val_loss"] == base3_loss,
+            linear_bytes_packed=sizes["packed"], linear_bytes_base3=linear_weight_bytes(base3)["packed"],
+            subln_bytes=sizes["subln"], file_bytes_training=info["file_bytes_source"],
+            file_bytes_packed=info["file_bytes_packed"], file_bytes_base3=info3["file_bytes_packed"],
         )
     row["prompt"] = next(iter(job.eval_batches()))["input_ids"][:8, :16].tolist()
     return row
@@ -253,13 +259,16 @@ def render(data: dict[str, Any]) -> Path:
 
     table = markdown_table(
         ["d_model", "params (FP)", "FP lr", "FP ppl (seeds)", "b1.58 lr", "b1.58 ppl (seeds)", "gap",
-         "packed = training", "linear bytes fp16", "packed", "ratio",
+         "packed = training", "linear bytes fp16", "2-bit", "ratio", "base-3", "ratio",
          "decode b1 tok/s: fp32 / fake-quant / packed", "b8: fp32 / packed"],
         [[w, f"{fp[w]['params'] / 1e6:.2f}M", f"{fp[w]['lr']:g}", f"{fp[w]['val_ppl']:.1f} ({seeds(fp[w])})",
           f"{bit[w]['lr']:g}", f"{bit[w]['val_ppl']:.1f} ({seeds(bit[w])})", f"{100 * gaps[w]:+.1f}%",
           "yes" if bit[w]["packed_equals_training"] else "NO",
           f"{fp[w]['linear_bytes_fp16']:,}", f"{bit[w]['linear_bytes_packed']:,}",
           f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_packed']:.3f}x",
+          f"{bit[w]['linear_bytes_base3']:,}" if "linear_bytes_base3" in bit[w] else "-",
+          f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_base3']:.3f}x" if "linear_bytes_base3" in bit[w]
+          else "-",
           f"{decode(w, 'fp32_b1')} / {decode(w, 'bitlinear_b1')} / {decode(w, 'packed_b1')}",
           f"{decode(w, 'fp32_b8')} / {decode(w, 'packed_b8')}"] for w in widths],
     )
@@ -274,6 +283,13 @@ def render(data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(rows, RESULTS / "bitnet.png")
     ratio_widest = fp[widest]["linear_bytes_fp16"] / bit[widest]["linear_bytes_packed"]
+    base3_bytes = bit[widest].get("linear_bytes_base3")
+    ratio_base3 = fp[widest]["linear_bytes_fp16"] / base3_bytes if base3_bytes else None
+    size_goal = (
+        f"{'met' if ratio_base3 >= 8 else 'NOT met'} with the base-3 export, {ratio_base3:.3f}× at d={widest} "
+        f"(5 ternary weights per byte); the 2-bit export gives {ratio_widest:.3f}×" if ratio_base3 else
+        f"{ratio_widest:.3f}× at d={widest} (2-bit export)"
+    )
     gap_list = ", ".join(f"d={w}: {100 * gaps[w]:+.1f}%" for w in widths)
     load_start, load_end = data["load_average"]["start"], data["load_average"]["end"]
     notes = (
@@ -284,15 +300,17 @@ def render(data: dict[str, Any]) -> Path:
         f"exp(mean validation loss over seeds {args.seeds}); per-seed perplexities in brackets. FP: warmup + "
         f"cosine, weight decay 0.1. b1.58: the recipe's two-stage schedule (drop to 0.3× at half-way; weight "
         f"decay 0.1, then 0). Each kind and width runs at its own best learning rate: chosen on seed "
-        f"{args.seeds[0]} from {args.lrs_fp} (FP) and {args.lrs_bitnet} (b1.58), see the last table; the "
+        f"{args.seeds[0]} from {args.lrs_fp} (FP) and {args.lrs_bitnet} (b1.58){grid_note(args)}, see the "
+        f"last table; the "
         f"other seeds use the chosen rate{edge_note(data['lr_trials'])}. The b1.58 perplexity is "
         f"that of the training-time model; 'packed = training' says whether the packed export, reloaded "
-        f"from disk, gives exactly the same validation loss (every seed).\n\n"
+        f"from disk, gives exactly the same validation loss (every seed; both the 2-bit and the base-3 "
+        f"export).\n\n"
         f"**Goals.** b1.58 within 10% of FP at the largest width (d={widest}): gap "
         f"{100 * gaps[widest]:+.1f}%, {'met' if gaps[widest] <= 0.10 else 'NOT met'}. The gap narrows as "
         f"width grows: {'yes' if narrows else 'no'} ({gap_list}). Linear weights ≥ 8× smaller than fp16: "
-        f"{ratio_widest:.3f}× at d={widest} (2-bit codes are exactly 8× smaller than fp16; each matrix adds "
-        f"a 4-byte fp32 scale per fused part, so 2-bit packing stays just under 8×). Not counted there: the "
+        f"{size_goal} (2-bit codes are exactly 8× smaller than fp16 and each matrix adds a 4-byte fp32 scale "
+        f"per fused part, so 2-bit packing stays just under 8×). Not counted there: the "
         f"SubLN gains BitNet adds "
         f"({bit[widest]['subln_bytes']:,} fp32 bytes at d={widest}), which the FP model does not have.\n\n"
         f"{reading(rows, kernels, narrows)}\n\n"
@@ -318,14 +336,31 @@ def edge_note(trials: list[dict[str, Any]]) -> str:
     """Say where the chosen rate is the grid's smallest or largest: the optimum may lie beyond it."""
     edges = []
     for kind in ("fp", "bitnet"):
-        grid = sorted({t["lr"] for t in trials if t["kind"] == kind})
         for width in sorted({t["width"] for t in trials}):
             tried = [t for t in trials if t["kind"] == kind and t["width"] == width]
+            grid = sorted(t["lr"] for t in tried)
             best = min(tried, key=lambda t: t["val_ppl"])["lr"]
             if len(grid) > 1 and best in (grid[0], grid[-1]):
                 edges.append(f"{'FP' if kind == 'fp' else 'b1.58'} d={width} ({best:g})")
     return f" (chosen at the edge of its grid, so a rate beyond it might do better: {', '.join(edges)})" \
         if edges else " (every chosen rate lies inside its grid)"
+
+
+def width_grids(args: argparse.Namespace) -> dict[int, list[float]]:
+    """`--lr-grid 512=0.0005,0.001` → {512: [0.0005, 0.001]}: per-width grids shared by both kinds."""
+    grids = {}
+    for item in getattr(args, "lr_grid", []):  # absent from runs made before the option
+        width, _, lrs = item.partition("=")
+        try:
+            grids[int(width)] = [float(x) for x in lrs.split(",")]
+        except ValueError:
+            raise SystemExit(f"--lr-grid expects WIDTH=LR,LR,..., got {item!r}") from None
+    return grids
+
+
+def grid_note(args: argparse.Namespace) -> str:
+    grids = {w: g for w, g in width_grids(args).items() if w in args.widths}
+    return "".join(f"; at d={w} both from {g}" for w, g in sorted(grids.items()))
 
 
 def lr_table(trials: list[dict[str, Any]]) -> str:
@@ -337,8 +372,10 @@ def lr_table(trials: list[dict[str, Any]]) -> str:
     for w in widths:
         cells = []
         for k in lrs:
-            best = min(lrs[k], key=lambda lr, k=k: ppl[k, w, lr])
-            cells += [f"**{ppl[k, w, lr]:.1f}**" if lr == best else f"{ppl[k, w, lr]:.1f}" for lr in lrs[k]]
+            here = [lr for lr in lrs[k] if (k, w, lr) in ppl]
+            best = min(here, key=lambda lr, k=k: ppl[k, w, lr])
+            cells += [("-" if lr not in here else f"**{ppl[k, w, lr]:.1f}**" if lr == best else
+                       f"{ppl[k, w, lr]:.1f}") for lr in lrs[k]]
         rows.append([w, *cells])
     return markdown_table(header, rows)
 
@@ -354,6 +391,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=60)
     p.add_argument("--lrs-fp", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3, 8e-3])
     p.add_argument("--lrs-bitnet", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3, 8e-3])
+    p.add_argument("--lr-grid", nargs="*", default=["512=0.0005,0.001,0.002"], metavar="WIDTH=LR,LR",
+                   help="the grid for both kinds at one width, instead of --lrs-fp/--lrs-bitnet (wider models "
+                   "want lower rates, and each d=512 run costs minutes)")
     p.add_argument("--train-bytes", type=int, default=6_000_000)
     p.add_argument("--val-bytes", type=int, default=400_000)
     p.add_argument("--eval-batches", type=int, default=16)
@@ -372,12 +412,13 @@ def main() -> None:
     if args.quick:
         args.widths, args.seeds, args.steps, args.train_bytes = [16, 32], [0], 20, 300_000
         args.eval_batches, args.repeats, args.warmup, args.lrs_fp, args.lrs_bitnet = 2, 1, 4, [2e-3], [2e-3]
-        args.kernel_widths = []
+        args.kernel_widths, args.lr_grid = [], []
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     runs, trials, tokenizer = [], [], None
     for width in args.widths:
-        for kind, lrs in (("fp", args.lrs_fp), ("bitnet", args.lrs_bitnet)):
+        for kind in ("fp", "bitnet"):
+            lrs = width_grids(args).get(width, args.lrs_fp if kind == "fp" else args.lrs_bitnet)
             # each kind at its best learning rate for this width: pick it on the first seed, then add seeds
             tried = []
             for lr in lrs:

@@ -126,9 +126,10 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from lmstack.models.bitnet import PACKING, PACKING_BASE3
     from lmstack.weights.bitnet_export import export_bitnet
 
-    info = export_bitnet(args.checkpoint, args.out)
+    info = export_bitnet(args.checkpoint, args.out, {"2bit": PACKING, "base3": PACKING_BASE3}[args.packing])
     ratio = info["linear_bytes_fp16"] / max(info["linear_bytes_packed"], 1)
     print(f"wrote {info['out']}: block linear weights {info['linear_bytes_packed']:,} bytes packed vs "
           f"{info['linear_bytes_fp16']:,} in fp16 ({ratio:.3f}x smaller); model.safetensors "
@@ -140,12 +141,15 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "quantize", help="pack a trained checkpoint into a low-bit inference checkpoint",
         description="lmstack quantize --bitnet CKPT OUT: pack a BitNet b1.58 checkpoint (trained with "
-        "model.bitnet=true) into 2-bit ternary weights; sample/generate/chat load OUT directly.",
+        "model.bitnet=true) into 2-bit ternary weights (or 1.6-bit with --packing base3); "
+        "sample/generate/chat load OUT directly.",
     )
     method = p.add_mutually_exclusive_group(required=True)
     method.add_argument("--bitnet", action="store_true", help="BitNet b1.58: ternary weights, 4 per byte")
     p.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
     p.add_argument("out", help="the new checkpoint directory to write")
+    p.add_argument("--packing", choices=["2bit", "base3"], default="2bit",
+                   help="2bit: 4 weights per byte (default); base3: 5 per byte as base-3 digits, ~10x below fp16")
     p.set_defaults(func=_cmd_quantize)
 
 

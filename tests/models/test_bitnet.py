@@ -7,10 +7,15 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
+from lmstack.errors import ConfigError
 from lmstack.models import bitnet as bn
 from lmstack.models import build_model
 from lmstack.models.bitnet import (
+    CODES_PER_BYTE,
+    PACKING,
+    PACKING_BASE3,
     BitLinear,
     PackedBitLinear,
     bitnet_state,
@@ -19,12 +24,13 @@ from lmstack.models.bitnet import (
     pack_model,
     pack_ternary,
     quantize_activations,
+    set_quant_strength,
     ternarize,
     unpack_ternary,
 )
-from lmstack.train.loop import train
+from lmstack.train.loop import TrainConfig, train
 from lmstack.train.metrics import read_metrics
-from lmstack.train.optim import two_stage_factor, weight_decay_factor
+from lmstack.train.optim import quant_strength, two_stage_factor, weight_decay_factor
 from lmstack.train.recipe import build_job, load_recipe
 from testutil import tiny_config
 
@@ -150,30 +156,48 @@ def test_pack_layout_is_two_bits_per_weight_planar():
     assert packed.tolist() == [[0 | 2 << 2 | 1 << 4 | 0 << 6, 1 | 2 << 2 | 0 << 4 | 2 << 6]]
 
 
+def test_base3_layout_is_five_digits_per_byte_planar():
+    """Byte j of a row is Σ_i (code of column j + i·K/5, plus 1) · 3^i: 1.6 bits per weight."""
+    codes = torch.tensor([[-1, 0, 1, 1, 0, 1, -1, -1, 0, 1]], dtype=torch.int8)  # K = 10: two bytes
+    packed = pack_ternary(codes, PACKING_BASE3)
+    assert packed.dtype == torch.uint8 and packed.shape == (1, 2)
+    digits = (codes + 1).view(5, 2)  # digit i of byte j = column 2i + j
+    expected = [sum(int(digits[i, j]) * 3**i for i in range(5)) for j in range(2)]
+    assert packed.tolist() == [expected]
+    assert int(pack_ternary(torch.ones(1, 5, dtype=torch.int8), PACKING_BASE3)) == 242  # the largest byte
+
+
+@pytest.mark.parametrize(("packing", "per_byte"), [(PACKING, 4), (PACKING_BASE3, 5)])
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 9), st.integers(1, 23), st.integers(0, 2**31 - 1))
-def test_pack_unpack_is_bit_exact(n, k, seed):
+@given(n=st.integers(1, 9), k=st.integers(1, 23), seed=st.integers(0, 2**31 - 1))
+def test_pack_unpack_is_bit_exact(packing, per_byte, n, k, seed):
     codes = torch.randint(-1, 2, (n, k), generator=torch.Generator().manual_seed(seed), dtype=torch.int8)
-    packed = pack_ternary(codes)
-    assert packed.shape == (n, math.ceil(k / 4))
-    out = unpack_ternary(packed, k)
+    packed = pack_ternary(codes, packing)
+    assert packed.shape == (n, math.ceil(k / per_byte))
+    out = unpack_ternary(packed, k, packing)
     assert out.dtype == torch.int8 and torch.equal(out, codes)
 
 
-def test_pack_rejects_non_ternary_values():
+def test_pack_rejects_non_ternary_values_and_unknown_formats():
     with pytest.raises(ValueError, match=r"\{-1, 0, 1\}"):
         pack_ternary(torch.tensor([[0, 2]], dtype=torch.int8))
+    with pytest.raises(ValueError, match="unknown packing"):
+        pack_ternary(torch.zeros(1, 4, dtype=torch.int8), "3bit")
+    with pytest.raises(ValueError, match="unknown packing"):
+        PackedBitLinear(8, 4, packing="3bit")
 
 
+@pytest.mark.parametrize("packing", [PACKING, PACKING_BASE3])
 @pytest.mark.parametrize("cache_int8", [True, False])
 @pytest.mark.parametrize("k", [64, 30])
-def test_packed_layer_equals_the_training_forward_exactly(cache_int8, k):
+def test_packed_layer_equals_the_training_forward_exactly(cache_int8, k, packing):
     """Tolerance 0 (fp32, CPU): both compute the integer product x_q·W_t exactly (|x_q| ≤ 128, ternary
     weights, sums < 2^24), the packed one in int32, then apply the same γ/s rescale and bias."""
     layer = BitLinear(k, 24, bias=True)
     with torch.no_grad():
         layer.bias.normal_()
-    packed = PackedBitLinear.from_bitlinear(layer, cache_int8=cache_int8)
+    packed = PackedBitLinear.from_bitlinear(layer, cache_int8=cache_int8, packing=packing)
+    assert packed.weight_packed.shape == (24, math.ceil(k / CODES_PER_BYTE[packing]))
     for shape in [(1, 1, k), (3, 9, k), (5, k)]:
         x = torch.randn(shape) * 3
         with torch.no_grad():
@@ -270,3 +294,74 @@ def test_tiny_ternary_model_loss_falls_with_the_recipe(text_corpus, tmp_path):
     assert lrs[21] < 0.7 * lrs[20]  # the stage-two drop (logged lr is the one used at that step)
     state = torch.load(tmp_path / "step-00000040" / "trainer_state.pt", weights_only=True)
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.0, 0.0]
+
+
+def test_quant_strength_schedule_starts_in_16_bits_and_ends_ternary():
+    assert [quant_strength(s, 10, 0.5, 0.0) for s in range(10)] == [0.0] * 5 + [1.0] * 5
+    assert [quant_strength(s, 10, 0.2, 0.4) for s in range(10)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1, 1, 1]
+    assert quant_strength(9, 10, 0.0, 1.0) == 1.0 and quant_strength(0, 10, 0.0, 0.0) == 1.0
+    for bad in ({"bitnet_quant_start": 1.0}, {"bitnet_quant_start": 0.6, "bitnet_quant_ramp": 0.5},
+                {"bitnet_quant_ramp": -0.1}):
+        with pytest.raises(ConfigError, match="bitnet_quant"):
+            TrainConfig(**bad)
+
+
+def test_quant_strength_interpolates_between_a_plain_linear_and_b1_58():
+    torch.manual_seed(0)
+    layer = BitLinear(24, 16, bias=True)
+    with torch.no_grad():
+        layer.bias.normal_()
+        layer.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 24)
+    with torch.no_grad():
+        ternary = layer(x)
+        xn = layer.norm(x)
+        x_q, s = quantize_activations(xn)
+        codes, gamma = ternarize(layer.weight)
+        w_q = codes.float() * gamma
+    model = nn.Sequential(layer)
+    assert set_quant_strength(model, 0.0) == 1
+    w = layer.weight
+    out = layer(x)
+    assert torch.equal(out, F.linear(layer.norm(x), w, layer.bias))  # λ = 0: a plain linear layer after SubLN
+    out.sum().backward()
+    assert torch.allclose(w.grad, torch.ones(3 * 5, 16).t() @ layer.norm(x).reshape(-1, 24).detach(), atol=1e-5)
+
+    set_quant_strength(model, 0.5)
+    with torch.no_grad():
+        half = F.linear(xn + 0.5 * (x_q / s - xn), w + 0.5 * (w_q - w), layer.bias)
+        assert torch.allclose(layer(x), half, atol=1e-6)
+    set_quant_strength(model, 1.0)
+    with torch.no_grad():
+        assert torch.equal(layer(x), ternary)  # back on the exact path the packed layer reproduces
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        set_quant_strength(model, 1.5)
+
+
+def test_16_to_1_58_bit_training_ends_fully_ternary(text_corpus, tmp_path):
+    overrides = [
+        f"out_dir={tmp_path}", "data.source=files", f"data.paths=[{text_corpus}]", "data.seq_len=32",
+        "data.val_fraction=0.2", "tokenizer.vocab_size=300", "model.d_model=32", "model.n_layers=2",
+        "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=64", "train.steps=20", "train.batch_size=8",
+        "train.eval_every=0", "train.warmup_steps=2", "train.save_every=0", "train.progress=false",
+        "train.log_every=1", "train.bitnet_quant_start=0.5", "train.bitnet_quant_ramp=0.25",
+    ]
+    recipe = load_recipe("recipes/pretrain_bitnet_tiny.yaml", overrides)
+    job, _ = build_job(recipe, tmp_path, log=lambda m: None)
+    seen = []
+    layer = job.model.layers[0].attn.qkv_proj
+    layer.register_forward_pre_hook(lambda m, args: seen.append(float(m.quant_strength)) if m.training else None)
+    summary = train(job, recipe.train, tmp_path, log=lambda m: None)
+    assert seen[:10] == [0.0] * 10 and seen[10:15] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert len(seen) == 20 and set(seen[14:]) == {1.0}
+    assert summary["val_loss"] < summary["initial_val_loss"]
+    assert all(m.fully_quantized for m in job.model.modules() if isinstance(m, BitLinear))
+    packed = pack_model(copy.deepcopy(job.model))
+    ids = next(iter(job.eval_batches()))["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(packed(ids), job.model.eval()(ids))
+
+    fp = load_recipe("recipes/pretrain_bitnet_tiny.yaml", [*overrides, "model.bitnet=false"])
+    fp_job, _ = build_job(fp, tmp_path / "fp", log=lambda m: None)
+    with pytest.raises(ConfigError, match="model.bitnet=true"):
+        train(fp_job, fp.train, tmp_path / "fp", log=lambda m: None)

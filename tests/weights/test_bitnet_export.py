@@ -7,7 +7,7 @@ from safetensors import safe_open
 
 from lmstack.cli import main
 from lmstack.errors import CheckpointError
-from lmstack.models.bitnet import BitLinear, PackedBitLinear, bitnet_state
+from lmstack.models.bitnet import PACKING_BASE3, BitLinear, PackedBitLinear, bitnet_state, linear_weight_bytes
 from lmstack.train.loop import train
 from lmstack.train.recipe import build_job, load_recipe
 from lmstack.weights.bitnet_export import export_bitnet, prepare_packed, quantization_entry
@@ -113,5 +113,28 @@ def test_unknown_quantization_entries_fail_clearly():
     with pytest.raises(CheckpointError, match="unknown quantization"):
         prepare_packed(model, {"method": "gptq"})
     with pytest.raises(CheckpointError, match="unknown packing"):
-        prepare_packed(model, {"method": "bitnet_b1.58", "format": "5-trits-per-byte"})
+        prepare_packed(model, {"method": "bitnet_b1.58", "format": "3-bits-per-weight"})
     assert bitnet_state(prepare_packed(model, quantization_entry()))["packed"] == 8
+    with pytest.raises(CheckpointError, match="unknown packing"):
+        export_bitnet("unused", "unused", packing="3-bits-per-weight")
+
+
+def test_base3_packing_is_smaller_and_loads_to_the_same_model(bitnet_run, tmp_path, capsys):
+    two_bit, base3 = tmp_path / "two_bit", tmp_path / "base3"
+    export_bitnet(bitnet_run, two_bit)
+    assert main(["quantize", "--bitnet", str(bitnet_run), str(base3), "--packing", "base3"]) == 0
+    assert "smaller" in capsys.readouterr().out
+    config = json.loads((base3 / "config.json").read_text())
+    assert config["quantization"]["format"] == PACKING_BASE3
+    with safe_open(str(base3 / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("layers.0.attn.qkv_proj.weight_packed").shape == (64, 7)  # ceil(32 / 5) bytes
+    assert (base3 / "model.safetensors").stat().st_size < (two_bit / "model.safetensors").stat().st_size
+
+    a, tok = load_model_for_inference(two_bit)
+    b, _ = load_model_for_inference(base3)
+    assert all(m.packing == PACKING_BASE3 for m in b.modules() if isinstance(m, PackedBitLinear))
+    ids = torch.tensor([tok.encode("alpha beta gamma delta")])
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids))
+    sizes_a, sizes_b = linear_weight_bytes(a), linear_weight_bytes(b)
+    assert sizes_a["fp"] == sizes_b["fp"] and sizes_b["fp"] / sizes_b["packed"] > 8 > sizes_a["fp"] / sizes_a["packed"]

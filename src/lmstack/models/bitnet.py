@@ -16,6 +16,9 @@ same fp32 rescale, so on CPU in fp32 the packed model reproduces the training-ti
 
 Inference (`PackedBitLinear`): ternary codes stored 2 bits each, 4 per byte, in a planar layout (byte j of a
 row holds columns j, j + K/4, j + 2K/4, j + 3K/4, so unpacking is 4 shifts and a concatenation), plus γ.
+The denser `base3` format stores 5 codes per byte as the base-3 digits of one number (3^5 = 243 ≤ 256):
+1.6 bits per weight, about 10× smaller than fp16 instead of the 2-bit format's (just under) 8×; it unpacks
+with a 256-entry lookup table, same planar layout with K/5.
 The fast CPU path unpacks once to int8 (cached, 1 byte/weight, refreshed on loading or moving the weights)
 and uses `torch._int_mm`; `cache_int8=False` unpacks per call instead (2 bits/weight resident).
 """
@@ -32,7 +35,9 @@ from lmstack.errors import CheckpointError
 
 EPS = 1e-5  # floor of both scales' denominators: an all-zero weight or token stays zero instead of NaN
 ACT_MAX = 127.0  # int8 activations: round(x · 127 / max|x|) lies in [-127, 127]; clamp to [-128, 127]
-PACKING = "bitnet_b1.58/2bit-planar"  # the on-disk format name, recorded in config.json
+PACKING = "bitnet_b1.58/2bit-planar"  # the on-disk format names, recorded in config.json: the default,
+PACKING_BASE3 = "bitnet_b1.58/base3-planar"  # and the denser 5-codes-per-byte one
+CODES_PER_BYTE = {PACKING: 4, PACKING_BASE3: 5}
 
 
 # ----------------------------------------------------------------------------- quantizers
@@ -136,34 +141,70 @@ class BitLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias)
         self.norm = _rms_norm(in_features, norm_eps)
         self.splits = _check_splits(splits, out_features)
+        # quantization strength λ (see `set_quant_strength`): 1 = b1.58; below 1 during a 16-bit phase
+        self.register_buffer("quant_strength", torch.ones(()), persistent=False)
+        self.fully_quantized = True  # λ == 1: the exact integer path that the packed layer reproduces
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
         x_q, act_scale = quantize_activations(x)
         codes, gamma = ternarize(self.weight, self.splits)
         rows = row_scales(gamma, self.splits)
-        return _TernaryLinearFn.apply(x, self.weight, self.bias, x_q, act_scale, codes, rows)
+        if self.fully_quantized:
+            return _TernaryLinearFn.apply(x, self.weight, self.bias, x_q, act_scale, codes, rows)
+        # λ < 1: the input and weights move λ of the way to their quantized values (straight through)
+        lam = self.quant_strength.to(x.dtype)
+        x_dq = x_q / act_scale.to(x.dtype)
+        w_q = (codes.float() * rows.float()[:, None]).to(self.weight.dtype)
+        x_in = x + lam * (x_dq - x).detach()
+        w = self.weight + lam.to(w_q.dtype) * (w_q - self.weight).detach()
+        return F.linear(x_in, w.to(x_in.dtype), None if self.bias is None else self.bias.to(x_in.dtype))
 
 
 # ----------------------------------------------------------------------------- packing
 
 
-def pack_ternary(codes: Tensor) -> Tensor:
-    """int8 codes in {-1, 0, 1} of shape (N, K) → uint8 (N, ceil(K/4)), 2 bits each (planar layout)."""
+def _check_packing(packing: str) -> int:
+    """Codes per byte of a packing format; a clear error for an unknown one."""
+    if packing not in CODES_PER_BYTE:
+        raise ValueError(f"unknown packing {packing!r}; choose one of {sorted(CODES_PER_BYTE)}")
+    return CODES_PER_BYTE[packing]
+
+
+def pack_ternary(codes: Tensor, packing: str = PACKING) -> Tensor:
+    """int8 codes in {-1, 0, 1} of shape (N, K) → uint8 (N, ceil(K/c)), c = 4 (2 bits each) or 5 (base-3
+    digits), planar: byte j of a row holds columns j, j + K/c, ..., j + (c-1)K/c."""
+    per_byte = _check_packing(packing)
     if codes.dim() != 2:
         raise ValueError(f"pack_ternary expects a 2-D weight, got shape {tuple(codes.shape)}")
     if codes.numel() and (codes.min() < -1 or codes.max() > 1):
         raise ValueError("pack_ternary expects values in {-1, 0, 1}")
     n, k = codes.shape
-    quarter = -(-k // 4)
-    u = torch.ones(n, 4 * quarter, dtype=torch.uint8, device=codes.device)  # padding holds code 1 (= 0)
+    width = -(-k // per_byte)
+    u = torch.ones(n, per_byte * width, dtype=torch.uint8, device=codes.device)  # padding holds code 1 (= 0)
     u[:, :k] = (codes + 1).to(torch.uint8)
-    planes = u.view(n, 4, quarter)
-    return planes[:, 0] | (planes[:, 1] << 2) | (planes[:, 2] << 4) | (planes[:, 3] << 6)
+    planes = u.view(n, per_byte, width)
+    if packing == PACKING:
+        return planes[:, 0] | (planes[:, 1] << 2) | (planes[:, 2] << 4) | (planes[:, 3] << 6)
+    out = torch.zeros(n, width, dtype=torch.uint8, device=codes.device)
+    for digit in reversed(range(per_byte)):  # Horner: ((d4·3 + d3)·3 + ...)·3 + d0 ≤ 242
+        out = out * 3 + planes[:, digit]
+    return out
 
 
-def unpack_ternary(packed: Tensor, in_features: int) -> Tensor:
-    """Inverse of `pack_ternary`: uint8 (N, ceil(K/4)) → int8 codes (N, K)."""
+@functools.cache
+def _base3_table(device: torch.device) -> Tensor:
+    """(256, 5) int8: the five base-3 digits of each byte, minus 1 (bytes above 242 never occur)."""
+    values = torch.arange(256)
+    digits = torch.stack([(values // 3**i) % 3 for i in range(5)], dim=1)
+    return (digits - 1).to(torch.int8).to(device)
+
+
+def unpack_ternary(packed: Tensor, in_features: int, packing: str = PACKING) -> Tensor:
+    """Inverse of `pack_ternary`: uint8 (N, ceil(K/c)) → int8 codes (N, K)."""
+    if _check_packing(packing) == 5:
+        digits = _base3_table(packed.device)[packed.long()]  # (N, K/5, 5): digit i is column i·K/5 + j
+        return digits.transpose(1, 2).reshape(packed.shape[0], -1)[:, :in_features].contiguous()
     planes = [(packed >> shift) & 3 for shift in (0, 2, 4, 6)]
     return (torch.cat(planes, dim=1)[:, :in_features].view(torch.int8) - 1).contiguous()
 
@@ -200,13 +241,13 @@ class PackedBitLinear(nn.Module):
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = False, norm_eps: float = 1e-5,
-        cache_int8: bool = True, splits: tuple[int, ...] | None = None,
+        cache_int8: bool = True, splits: tuple[int, ...] | None = None, packing: str = PACKING,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.cache_int8 = cache_int8
+        self.cache_int8, self.packing = cache_int8, packing
         self.splits = _check_splits(splits, out_features)
-        packed = torch.zeros(out_features, -(-in_features // 4), dtype=torch.uint8)
+        packed = torch.zeros(out_features, -(-in_features // _check_packing(packing)), dtype=torch.uint8)
         self.register_buffer("weight_packed", packed)
         self.register_buffer("weight_scale", torch.ones(1 if self.splits is None else len(self.splits)))
         self.norm = _rms_norm(in_features, norm_eps)
@@ -215,11 +256,11 @@ class PackedBitLinear(nn.Module):
         self._codes_key: tuple | None = None
 
     @classmethod
-    def from_bitlinear(cls, layer: BitLinear, cache_int8: bool = True) -> PackedBitLinear:
+    def from_bitlinear(cls, layer: BitLinear, cache_int8: bool = True, packing: str = PACKING) -> PackedBitLinear:
         out = cls(layer.in_features, layer.out_features, layer.bias is not None, layer.norm.eps, cache_int8,
-                  layer.splits)
+                  layer.splits, packing)
         codes, gamma = ternarize(layer.weight, layer.splits)
-        out.weight_packed.copy_(pack_ternary(codes))
+        out.weight_packed.copy_(pack_ternary(codes, packing))
         out.weight_scale.copy_(gamma)
         out.norm.weight.data.copy_(layer.norm.weight.detach())
         if layer.bias is not None:
@@ -229,11 +270,11 @@ class PackedBitLinear(nn.Module):
     def codes(self) -> Tensor:
         """The int8 ternary weights (N, K): unpacked once and cached, or per call without the cache."""
         if not self.cache_int8:
-            return unpack_ternary(self.weight_packed, self.in_features)
+            return unpack_ternary(self.weight_packed, self.in_features, self.packing)
         p = self.weight_packed
         key = (p.data_ptr(), p.device)  # a move or a new buffer; loading new weights clears the cache below
         if self._codes is None or self._codes_key != key:
-            self._codes, self._codes_key = unpack_ternary(p, self.in_features), key
+            self._codes, self._codes_key = unpack_ternary(p, self.in_features, self.packing), key
         return self._codes
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -262,7 +303,8 @@ class PackedBitLinear(nn.Module):
     def extra_repr(self) -> str:
         bias = self.bias is not None
         parts = "" if self.splits is None else f", splits={self.splits}"
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}{parts}"
+        packing = "" if self.packing == PACKING else f", packing={self.packing!r}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}{parts}{packing}"
 
 
 # ----------------------------------------------------------------------------- whole models
@@ -278,11 +320,26 @@ def _replace(model: nn.Module, kind: type, make) -> int:
     return count
 
 
-def pack_model(model: nn.Module, cache_int8: bool = True) -> nn.Module:
+def pack_model(model: nn.Module, cache_int8: bool = True, packing: str = PACKING) -> nn.Module:
     """Replace every `BitLinear` of `model` (in place) by its `PackedBitLinear`; returns the model."""
-    if _replace(model, BitLinear, lambda m: PackedBitLinear.from_bitlinear(m, cache_int8)) == 0:
+    _check_packing(packing)
+    if _replace(model, BitLinear, lambda m: PackedBitLinear.from_bitlinear(m, cache_int8, packing)) == 0:
         raise CheckpointError("the model has no BitLinear layers: train it with model.bitnet=true to pack it")
     return model.eval()
+
+
+def set_quant_strength(model: nn.Module, value: float) -> int:
+    """Set λ of every `BitLinear`: 0 trains it as a plain linear layer (still with its SubLN), 1 as BitNet
+    b1.58, values between interpolate input and weights toward their quantized values. 16-to-1.58-bit
+    continual pre-training (Nielsen et al., 2025) trains in 16 bits first, then switches (or ramps) to 1.58
+    bits, and ends closer to a 16-bit model than 1.58-bit training from scratch. Returns the layer count."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"quantization strength must lie in [0, 1], got {value}")
+    layers = [m for m in model.modules() if isinstance(m, BitLinear)]
+    for m in layers:
+        m.quant_strength.fill_(value)
+        m.fully_quantized = value >= 1.0
+    return len(layers)
 
 
 def bitnet_state(model: nn.Module) -> dict[str, int]:
@@ -299,7 +356,7 @@ def bitnet_state(model: nn.Module) -> dict[str, int]:
 
 
 def linear_weight_bytes(model: nn.Module, fp_bytes: int = 2) -> dict[str, int]:
-    """Bytes of a packed model's block linear weights: `packed` (2-bit codes + fp32 scales + biases, as
+    """Bytes of a packed model's block linear weights: `packed` (packed codes + fp32 scales + biases, as
     stored), `fp` (the same matrices and biases at `fp_bytes` per value; 2 = fp16), and `subln` (the fp32
     SubLN gains that BitNet adds, counted apart because an FP model has no such vectors)."""
     packed = fp = subln = 0

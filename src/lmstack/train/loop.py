@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lmstack.errors import ConfigError
+from lmstack.models.bitnet import set_quant_strength
 from lmstack.train.distributed import (
     STRATEGIES,
     MemoryProbe,
@@ -40,6 +41,7 @@ from lmstack.train.optim import (
     build_optimizer,
     build_scheduler,
     decaying_groups,
+    quant_strength,
     set_weight_decay,
     weight_decay_factor,
 )
@@ -68,6 +70,10 @@ class TrainConfig:
     schedule: Literal["cosine", "bitnet_two_stage"] = "cosine"  # two-stage: LR drop, then weight decay 0
     stage2_start: float = 0.5  # bitnet_two_stage: fraction of the steps where stage two begins
     stage2_lr_ratio: float = 0.3  # bitnet_two_stage: stage two's starting LR as a fraction of train.lr
+    # BitNet models, 16-to-1.58-bit training: the fraction of the steps trained in 16 bits before ternary
+    # quantization begins, then the fraction over which its strength ramps from 0 to 1 (0 = switch at once)
+    bitnet_quant_start: float = 0.0
+    bitnet_quant_ramp: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -103,6 +109,12 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be positive, got {self.lr}")
         if not (0.0 < self.stage2_start <= 1.0 and self.stage2_lr_ratio > 0):
             raise ConfigError("train.stage2_start must be in (0, 1] and train.stage2_lr_ratio positive")
+        start, ramp = self.bitnet_quant_start, self.bitnet_quant_ramp
+        if not (0.0 <= start < 1.0 and ramp >= 0.0 and start + ramp <= 1.0):
+            raise ConfigError(
+                "train.bitnet_quant_start must be in [0, 1), train.bitnet_quant_ramp >= 0, and their sum <= 1 "
+                f"(the run must end fully quantized); got {start} and {ramp}"
+            )
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
         if self.hsdp_replicas < 0 or self.dist_timeout_s <= 0:
@@ -223,6 +235,9 @@ def _train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, log: Callable[[str
         optimizer, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.schedule, cfg.stage2_start, cfg.stage2_lr_ratio
     )
     decay_groups = decaying_groups(optimizer)
+    staged_quant = cfg.bitnet_quant_start > 0 or cfg.bitnet_quant_ramp > 0
+    if staged_quant and set_quant_strength(model, 1.0) == 0:
+        raise ConfigError("train.bitnet_quant_start/ramp need a BitNet model (model.bitnet=true)")
     scaler = torch.amp.GradScaler(device.type) if amp is torch.float16 else None
 
     start_step, ckpt = 0, None
@@ -285,6 +300,9 @@ def _train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, log: Callable[[str
         task = bar.add_task("train", total=cfg.steps, completed=start_step, info="")
         for step in range(start_step, cfg.steps):
             batch = job.train_batch(step)
+            if staged_quant:
+                strength = quant_strength(step, cfg.steps, cfg.bitnet_quant_start, cfg.bitnet_quant_ramp)
+                set_quant_strength(model, strength)
             micro_batches = split_batch(parallel.local_batch(batch), parallel.local_accum)
             probe = None
             if step - start_step < MEMORY_STEPS and not cfg.compile:

@@ -82,6 +82,16 @@ def weight_decay_factor(step: int, total_steps: int, schedule: str, stage2_start
     return 1.0
 
 
+def quant_strength(step: int, total_steps: int, start: float, ramp: float) -> float:
+    """BitNet quantization strength λ for `step` (0-based) of 16-to-1.58-bit training: 0 for the first
+    `start` fraction of the steps, then rising linearly to 1 over the next `ramp` fraction (at once if 0).
+    With start + ramp ≤ 1 the last step is always fully quantized."""
+    begin, span = int(round(start * total_steps)), int(round(ramp * total_steps))
+    if step < begin:
+        return 0.0
+    return 1.0 if span == 0 else min(1.0, (step - begin + 1) / span)
+
+
 def decaying_groups(optimizer: torch.optim.Optimizer) -> list[int]:
     """Indices of the parameter groups that use weight decay (stable across `load_state_dict`)."""
     return [i for i, g in enumerate(optimizer.param_groups) if g["weight_decay"] > 0]

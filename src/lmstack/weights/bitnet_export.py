@@ -5,7 +5,7 @@ The packed checkpoint is an ordinary lmstack checkpoint directory (manifest, che
 `weight_scale` (fp32 γ, one per fused part: q, k, v; gate, up), the SubLN `norm.weight` and any bias;
 embeddings, norms and the LM head stay as trained. `config.json` gains a `quantization` entry, which
 `load_model_for_inference` reads to build the packed model, so `sample`, `generate` and `chat` load it like
-any checkpoint.
+any checkpoint. `packing=PACKING_BASE3` stores 5 ternary weights per byte instead (1.6 bits each).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from lmstack.errors import CheckpointError
-from lmstack.models.bitnet import PACKING, linear_weight_bytes, pack_model
+from lmstack.models.bitnet import CODES_PER_BYTE, PACKING, linear_weight_bytes, pack_model
 from lmstack.weights.checkpoint import (
     MANIFEST,
     load_model_for_inference,
@@ -31,8 +31,8 @@ from lmstack.weights.checkpoint import (
 METHOD = "bitnet_b1.58"
 
 
-def quantization_entry() -> dict[str, Any]:
-    return {"method": METHOD, "format": PACKING}
+def quantization_entry(packing: str = PACKING) -> dict[str, Any]:
+    return {"method": METHOD, "format": packing}
 
 
 def prepare_packed(model: nn.Module, quantization: dict[str, Any]) -> nn.Module:
@@ -41,17 +41,21 @@ def prepare_packed(model: nn.Module, quantization: dict[str, Any]) -> nn.Module:
         raise CheckpointError(
             f"unknown quantization {quantization!r} in config.json; this lmstack reads {METHOD}"
         )
-    if quantization.get("format") != PACKING:
-        raise CheckpointError(f"unknown packing {quantization.get('format')!r}; this lmstack reads {PACKING}")
-    return pack_model(model)
+    packing = quantization.get("format")
+    if packing not in CODES_PER_BYTE:
+        raise CheckpointError(f"unknown packing {packing!r}; this lmstack reads {sorted(CODES_PER_BYTE)}")
+    return pack_model(model, packing=packing)
 
 
-def export_bitnet(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
-    """Pack the checkpoint (or the newest good one of a run directory) into the new directory `out`.
+def export_bitnet(checkpoint: str | Path, out: str | Path, packing: str = PACKING) -> dict[str, Any]:
+    """Pack the checkpoint (or the newest good one of a run directory) into the new directory `out`, in the
+    2-bit format (`PACKING`, the default) or the base-3 one (`PACKING_BASE3`).
 
     Returns a summary: source, output, and bytes of the linear weights (packed vs fp16) and of the files.
     """
     out = Path(out)
+    if packing not in CODES_PER_BYTE:
+        raise CheckpointError(f"unknown packing {packing!r}; choose one of {sorted(CODES_PER_BYTE)}")
     if out.exists():
         raise CheckpointError(f"{out} already exists; choose a new output directory")
     ckpt = resolve_checkpoint(checkpoint)
@@ -64,11 +68,11 @@ def export_bitnet(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
             "(ternary weights are learned during training, not rounded afterwards)"
         )
     model, tokenizer = load_model_for_inference(ckpt)
-    pack_model(model)
+    pack_model(model, packing=packing)
     step = json.loads((ckpt / MANIFEST).read_text()).get("step", 0)
 
     def write_extras(directory: Path) -> None:
-        quantization = {**quantization_entry(), "source": str(ckpt)}
+        quantization = {**quantization_entry(packing), "source": str(ckpt)}
         write_json(directory / "config.json", {**config, "quantization": quantization})
         tokenizer.save(directory)
 
