@@ -53,9 +53,11 @@ def width_overrides(width: int, layers: int) -> list[str]:
 
 
 def train_one(
-    kind: str, width: int, seed: int, lr: float, args: argparse.Namespace, tokenizer: Path | None
+    kind: str, width: int, seed: int, lr: float, args: argparse.Namespace, tokenizer: Path | None,
+    variant: str = "", extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    run_dir = RUNS / f"{kind}-d{width}-s{seed}-lr{lr:g}"
+    """One run; `variant`/`extra` name and add recipe overrides for the ablations."""
+    run_dir = RUNS / f"{kind}{variant and '-' + variant}-d{width}-s{seed}-lr{lr:g}"
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [
         f"out_dir={run_dir}", f"data.seq_len={args.seq_len}", f"model.max_seq_len={args.seq_len}",
@@ -72,7 +74,7 @@ def train_one(
         overrides += ["model.bitnet=true", f"train.lr={lr}"]
     if tokenizer is not None:
         overrides.append(f"tokenizer.path={tokenizer}")
-    recipe = load_recipe(RECIPE, overrides)
+    recipe = load_recipe(RECIPE, [*overrides, *extra])
     job, _ = build_job(recipe, run_dir, log=lambda m: None)
     t0 = time.perf_counter()
     summary = train(job, recipe.train, run_dir, log=lambda m: None)
@@ -247,7 +249,7 @@ def render(data: dict[str, Any]) -> Path:
     bit = {r["width"]: r for r in rows if r["kind"] == "bitnet"}
     gaps = {w: bit[w]["val_ppl"] / fp[w]["val_ppl"] - 1 for w in widths}
     widest = widths[-1]
-    narrows = all(gaps[a] > gaps[b] for a, b in zip(widths, widths[1:], strict=False))
+    narrows = len(widths) > 1 and all(gaps[a] > gaps[b] for a, b in zip(widths, widths[1:], strict=False))
     data.update(summary=rows, gap={str(w): g for w, g in gaps.items()}, gap_narrows=narrows)
 
     def seeds(r: dict[str, Any]) -> str:
@@ -322,6 +324,7 @@ def render(data: dict[str, Any]) -> Path:
         f"`torch._int_mm` alone on weights unpacked once (the cached int8 copy: 1 byte/weight in memory, "
         f"2 bits on disk); 'unpack each call' keeps only the 2-bit weights resident.\n\n"
         f"![perplexity vs width](bitnet.png)\n\n"
+        f"{ablation_section(data.get('ablations', []))}"
         f"## Learning-rate selection (validation perplexity, seed {args.seeds[0]}; bold = chosen)\n\n"
         f"{lr_table(data['lr_trials'])}\n\n"
         f"Load average (1/5/15 min): {'/'.join(f'{x:.1f}' for x in load_start)} at the start, "
@@ -346,21 +349,65 @@ def edge_note(trials: list[dict[str, Any]]) -> str:
         if edges else " (every chosen rate lies inside its grid)"
 
 
-def width_grids(args: argparse.Namespace) -> dict[int, list[float]]:
-    """`--lr-grid 512=0.0005,0.001` → {512: [0.0005, 0.001]}: per-width grids shared by both kinds."""
+ABLATIONS = {  # name → recipe overrides, each run once on the first seed at the b1.58 rate chosen above
+    "cosine schedule (no stage two)": ("train.schedule=cosine",),
+    "16-to-1.58-bit: 16 bits for the first half": ("train.bitnet_quant_start=0.5",),
+    "16-to-1.58-bit + cosine schedule": ("train.bitnet_quant_start=0.5", "train.schedule=cosine"),
+}
+
+
+def run_ablations(runs: list[dict[str, Any]], args: argparse.Namespace, tokenizer: Path | None) -> list[dict]:
+    """Variants of the b1.58 recipe at one width: which part of the recipe the gap depends on."""
+    width, seed = args.ablation_width, args.seeds[0]
+    first = {r["kind"]: r for r in runs if r["width"] == width and r["seed"] == seed}
+    if not width or len(first) < 2:
+        return []
+    out = [{"variant": "the recipe (two-stage schedule, ternary from step 0)", "overrides": [],
+            "lr": first["bitnet"]["lr"], "val_ppl": first["bitnet"]["val_ppl"],
+            "packed_equals_training": first["bitnet"]["packed_equals_training"]}]
+    for i, (name, extra) in enumerate(ABLATIONS.items()):
+        row = train_one("bitnet", width, seed, first["bitnet"]["lr"], args, tokenizer, f"ablation{i}", extra)
+        out.append({"variant": name, "overrides": list(extra), "lr": row["lr"], "val_ppl": row["val_ppl"],
+                    "packed_equals_training": row["packed_equals_training"]})
+        print(f"ablation d={width} {name}: val ppl {row['val_ppl']:.2f}", flush=True)
+    for row in out:
+        row.update(width=width, seed=seed, fp_ppl=first["fp"]["val_ppl"])
+    return out
+
+
+def ablation_section(ablations: list[dict[str, Any]]) -> str:
+    if not ablations:
+        return ""
+    a = ablations[0]
+    table = markdown_table(
+        ["b1.58 variant", "overrides", "val ppl", f"gap to FP ({a['fp_ppl']:.1f})", "packed = training"],
+        [[r["variant"], " ".join(r["overrides"]) or "-", f"{r['val_ppl']:.1f}",
+          f"{100 * (r['val_ppl'] / r['fp_ppl'] - 1):+.1f}%", "yes" if r["packed_equals_training"] else "NO"]
+         for r in ablations],
+    )
+    return (f"## Recipe ablations (d={a['width']}, seed {a['seed']}, b1.58 lr {a['lr']:g})\n\n{table}\n\n"
+            "Every variant ends as the same kind of model (ternary weights, int8 activations), so its packed "
+            "export is as small; only how it was trained differs.\n\n")
+
+
+def width_grids(args: argparse.Namespace, kind: str) -> dict[int, list[float]]:
+    """`--lr-grid-fp 512=0.0005,0.001` → {512: [0.0005, 0.001]}: per-width grids of one kind."""
     grids = {}
-    for item in getattr(args, "lr_grid", []):  # absent from runs made before the option
+    for item in getattr(args, f"lr_grid_{kind}", []):  # absent from runs made before the option
         width, _, lrs = item.partition("=")
         try:
             grids[int(width)] = [float(x) for x in lrs.split(",")]
         except ValueError:
-            raise SystemExit(f"--lr-grid expects WIDTH=LR,LR,..., got {item!r}") from None
+            raise SystemExit(f"--lr-grid-{kind} expects WIDTH=LR,LR,..., got {item!r}") from None
     return grids
 
 
 def grid_note(args: argparse.Namespace) -> str:
-    grids = {w: g for w, g in width_grids(args).items() if w in args.widths}
-    return "".join(f"; at d={w} both from {g}" for w, g in sorted(grids.items()))
+    notes = []
+    for kind, name in (("fp", "FP"), ("bitnet", "b1.58")):
+        grids = {w: g for w, g in width_grids(args, kind).items() if w in args.widths}
+        notes += [f"at d={w} {name} from {g}" for w, g in sorted(grids.items())]
+    return "".join(f"; {n}" for n in notes)
 
 
 def lr_table(trials: list[dict[str, Any]]) -> str:
@@ -391,9 +438,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=60)
     p.add_argument("--lrs-fp", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3, 8e-3])
     p.add_argument("--lrs-bitnet", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3, 8e-3])
-    p.add_argument("--lr-grid", nargs="*", default=["512=0.0005,0.001,0.002"], metavar="WIDTH=LR,LR",
-                   help="the grid for both kinds at one width, instead of --lrs-fp/--lrs-bitnet (wider models "
-                   "want lower rates, and each d=512 run costs minutes)")
+    p.add_argument("--lr-grid-fp", nargs="*", default=["512=0.0005,0.001,0.002"], metavar="WIDTH=LR,LR",
+                   help="FP grid at one width instead of --lrs-fp (wider models want lower rates, and each "
+                   "d=512 run costs minutes)")
+    p.add_argument("--lr-grid-bitnet", nargs="*", default=["512=0.001,0.002,0.004"], metavar="WIDTH=LR,LR",
+                   help="b1.58 grid at one width instead of --lrs-bitnet")
+    p.add_argument("--ablation-width", type=int, default=256,
+                   help="width of the one-seed b1.58 recipe ablations (0: none)")
     p.add_argument("--train-bytes", type=int, default=6_000_000)
     p.add_argument("--val-bytes", type=int, default=400_000)
     p.add_argument("--eval-batches", type=int, default=16)
@@ -412,13 +463,13 @@ def main() -> None:
     if args.quick:
         args.widths, args.seeds, args.steps, args.train_bytes = [16, 32], [0], 20, 300_000
         args.eval_batches, args.repeats, args.warmup, args.lrs_fp, args.lrs_bitnet = 2, 1, 4, [2e-3], [2e-3]
-        args.kernel_widths, args.lr_grid = [], []
+        args.kernel_widths, args.lr_grid_fp, args.lr_grid_bitnet, args.ablation_width = [], [], [], 0
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     runs, trials, tokenizer = [], [], None
     for width in args.widths:
         for kind in ("fp", "bitnet"):
-            lrs = width_grids(args).get(width, args.lrs_fp if kind == "fp" else args.lrs_bitnet)
+            lrs = width_grids(args, kind).get(width, args.lrs_fp if kind == "fp" else args.lrs_bitnet)
             # each kind at its best learning rate for this width: pick it on the first seed, then add seeds
             tried = []
             for lr in lrs:
@@ -433,6 +484,7 @@ def main() -> None:
                 runs.append(train_one(kind, width, seed, best["lr"], args, tokenizer))
                 print(f"{kind:6s} d={width:4d} lr {best['lr']:g} seed {seed}: val ppl "
                       f"{runs[-1]['val_ppl']:.2f}", flush=True)
+    ablations = run_ablations(runs, args, tokenizer)
     prompt = runs[0]["prompt"]
     for r in runs:
         r.pop("prompt")
@@ -448,7 +500,7 @@ def main() -> None:
     kernels = [row for w in (max(args.widths), *args.kernel_widths) for row in kernel_speed(w, args)]
     skip = ("quick", "render")
     data = {"config": {k: v for k, v in vars(args).items() if k not in skip}, "runs": runs,
-            "lr_trials": trials, "kernels": kernels, "total_s": time.perf_counter() - t0,
+            "lr_trials": trials, "kernels": kernels, "ablations": ablations, "total_s": time.perf_counter() - t0,
             "argv": sys.argv[1:], "load_average": {"start": load_start, "end": os.getloadavg()}}
     print(f"wrote {render(data)} and {RESULTS / 'bitnet.png'}")
 
