@@ -4,6 +4,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from lmstack.models import model_config
 
 # tiny shapes shared by the unit tests (d_model ≤ 64)
@@ -12,6 +14,24 @@ TINY = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_l
 
 def tiny_config(preset: str, **overrides):
     return model_config(preset, **{**TINY, **overrides})
+
+
+def write_tiny_gpt_recipe(directory: Path, corpus: Path, name: str, **train) -> Path:
+    """A recipe file for a tiny GPT on `corpus`, with dropout 0.1 (so results depend on restored RNG state)
+    and two micro-batches per step; `train` overrides the train section's defaults."""
+    recipe = {
+        "name": name,
+        "objective": "causal_lm",
+        "model": {"preset": "gpt-tiny", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
+                  "max_seq_len": 32, "dropout": 0.1},
+        "data": {"source": "files", "paths": [str(corpus)], "seq_len": 32, "val_fraction": 0.2},
+        "tokenizer": {"vocab_size": 300},
+        "train": {"batch_size": 8, "grad_accum": 2, "lr": 3e-3, "eval_batches": 2, "save_every": 4,
+                  "keep_checkpoints": 0, "log_every": 1, "progress": False, **train},
+    }
+    path = Path(directory) / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
 
 
 def live_children() -> set[str]:

@@ -10,31 +10,18 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from lmstack.train.metrics import read_metrics
 from lmstack.weights.checkpoint import list_checkpoints, verify_checkpoint
 from lmstack.weights.dcp import is_dcp_checkpoint
+from testutil import write_tiny_gpt_recipe
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
 def write_recipe(tmp_path: Path, corpus: Path) -> Path:
-    recipe = {
-        "name": "dist",
-        "objective": "causal_lm",
-        # dropout makes the resumed losses depend on every rank's restored RNG
-        "model": {"preset": "gpt-tiny", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
-                  "max_seq_len": 32, "dropout": 0.1},
-        "data": {"source": "files", "paths": [str(corpus)], "seq_len": 32, "val_fraction": 0.2},
-        "tokenizer": {"vocab_size": 300},
-        "train": {"steps": 10, "batch_size": 8, "grad_accum": 2, "lr": 3e-3, "warmup_steps": 2,
-                  "eval_every": 0, "eval_batches": 2, "save_every": 4, "keep_checkpoints": 0,
-                  "log_every": 1, "progress": False, "strategy": "zero3", "dist_timeout_s": 300},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_tiny_gpt_recipe(
+        tmp_path, corpus, "dist", steps=10, warmup_steps=2, eval_every=0, strategy="zero3", dist_timeout_s=300
+    )
 
 
 def free_port() -> int:

@@ -13,27 +13,14 @@ import yaml
 from safetensors.torch import load_file
 
 from lmstack.weights.checkpoint import checkpoint_name, list_checkpoints
+from testutil import write_tiny_gpt_recipe
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 STEPS = 16
 
 
 def write_recipe(tmp_path: Path, corpus: Path) -> Path:
-    recipe = {
-        "name": "resume",
-        "objective": "causal_lm",
-        # dropout > 0 makes the result depend on the restored RNG state
-        "model": {"preset": "gpt-tiny", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
-                  "max_seq_len": 32, "dropout": 0.1},
-        "data": {"source": "files", "paths": [str(corpus)], "seq_len": 32, "val_fraction": 0.2},
-        "tokenizer": {"vocab_size": 300},
-        "train": {"steps": STEPS, "batch_size": 8, "grad_accum": 2, "lr": 3e-3, "warmup_steps": 3,
-                  "eval_every": 4, "eval_batches": 2, "save_every": 4, "keep_checkpoints": 0,
-                  "log_every": 1, "progress": False},
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_tiny_gpt_recipe(tmp_path, corpus, "resume", steps=STEPS, warmup_steps=3, eval_every=4)
 
 
 def run(args: list[str], expect_kill: bool = False) -> subprocess.CompletedProcess:
