@@ -7,6 +7,15 @@ tokens/s (fp32, BitLinear fake-quant, packed), per-layer CPU times of the packed
 
     .venv/bin/python -m benchmarks.bitnet            # ~35 min on 2 cores
     .venv/bin/python -m benchmarks.bitnet --quick    # smoke run, ~1 min
+
+Training runs on a GPU when there is one (train.device=auto); the packed models are always evaluated on CPU,
+against the trained model reloaded on CPU. A GPU-sized run toward the paper's regime (not yet run; the
+standard library holds ~13 MB of source, so more tokens than ~3.5M repeat epochs), for example:
+
+    .venv/bin/python -m benchmarks.bitnet --widths 256 512 1024 2048 --steps 3000 --batch-size 32 \
+        --train-bytes 12000000 --new-tokens 0 --kernel-widths \
+        --lr-grid-fp 512=0.0005,0.001,0.002 1024=0.00025,0.0005,0.001 2048=0.000125,0.00025,0.0005 \
+        --lr-grid-bitnet 512=0.001,0.002,0.004 1024=0.0005,0.001,0.002 2048=0.00025,0.0005,0.001
 """
 
 from __future__ import annotations
@@ -96,9 +105,13 @@ def train_one(
         info3 = export_bitnet(run_dir, run_dir / "packed_base3", PACKING_BASE3)
         base3, _ = load_model_for_inference(run_dir / "packed_base3")
         base3_loss = evaluate(dataclasses.replace(job, model=base3), torch.device("cpu"), None)
+        reference = summary["val_loss"]
+        if next(job.model.parameters()).device.type != "cpu":  # trained on a GPU: compare on the same device
+            trained, _ = load_model_for_inference(run_dir)
+            reference = evaluate(dataclasses.replace(job, model=trained), torch.device("cpu"), None)
         row.update(
-            packed_val_loss=packed_loss, base3_val_loss=base3_loss,
-            packed_equals_training=packed_loss == summary["val_loss"] == base3_loss,
+            packed_val_loss=packed_loss, base3_val_loss=base3_loss, training_val_loss_cpu=reference,
+            packed_equals_training=packed_loss == reference == base3_loss,
             linear_bytes_packed=sizes["packed"], linear_bytes_base3=linear_weight_bytes(base3)["packed"],
             subln_bytes=sizes["subln"], file_bytes_training=info["file_bytes_source"],
             file_bytes_packed=info["file_bytes_packed"], file_bytes_base3=info3["file_bytes_packed"],
