@@ -221,6 +221,10 @@ def test_unpacked_cache_follows_new_weights():
         assert torch.equal(packed(x), a(x))
         packed.load_state_dict(PackedBitLinear.from_bitlinear(b).state_dict())
         assert torch.equal(packed(x), b(x))
+        other = PackedBitLinear.from_bitlinear(a)  # in-place writes also refresh the cached codes and scales
+        packed.weight_packed.copy_(other.weight_packed)
+        packed.weight_scale.copy_(other.weight_scale)
+        assert torch.equal(packed(x), a(x))
 
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "gpt-tiny"])

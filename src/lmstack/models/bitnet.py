@@ -19,7 +19,7 @@ row holds columns j, j + K/4, j + 2K/4, j + 3K/4, so unpacking is 4 shifts and a
 The denser `base3` format stores 5 codes per byte as the base-3 digits of one number (3^5 = 243 ≤ 256):
 1.6 bits per weight, about 10× smaller than fp16 instead of the 2-bit format's (just under) 8×; it unpacks
 with a 256-entry lookup table, same planar layout with K/5.
-The fast CPU path unpacks once to int8 (cached, 1 byte/weight, refreshed on loading or moving the weights)
+The fast CPU path unpacks once to int8 (cached, 1 byte/weight, rebuilt whenever the packed weights change)
 and uses `torch._int_mm`; `cache_int8=False` unpacks per call instead (2 bits/weight resident).
 """
 
@@ -254,6 +254,8 @@ class PackedBitLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._codes: Tensor | None = None
         self._codes_key: tuple | None = None
+        self._rows: Tensor | None = None  # γ per output row, built once per scale tensor (and its version)
+        self._rows_key: tuple | None = None
 
     @classmethod
     def from_bitlinear(cls, layer: BitLinear, cache_int8: bool = True, packing: str = PACKING) -> PackedBitLinear:
@@ -272,13 +274,21 @@ class PackedBitLinear(nn.Module):
         if not self.cache_int8:
             return unpack_ternary(self.weight_packed, self.in_features, self.packing)
         p = self.weight_packed
-        key = (p.data_ptr(), p.device)  # a move or a new buffer; loading new weights clears the cache below
+        key = (p.data_ptr(), p.device, p._version)  # a move, a new buffer or an in-place write
         if self._codes is None or self._codes_key != key:
             self._codes, self._codes_key = unpack_ternary(p, self.in_features, self.packing), key
         return self._codes
 
+    def scales_per_row(self) -> Tensor:
+        """`row_scales` of this layer's γ, cached (building it costs as much as a small matmul)."""
+        g = self.weight_scale
+        key = (g.data_ptr(), g.device, g._version)
+        if self._rows is None or self._rows_key != key:
+            self._rows, self._rows_key = row_scales(g, self.splits), key
+        return self._rows
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        self._codes = self._codes_key = None
+        self._codes = self._codes_key = self._rows = self._rows_key = None
         key = prefix + "weight_scale"
         scale = state_dict.get(key)
         if scale is not None and scale.numel() == 1 and self.weight_scale.numel() > 1:
@@ -289,8 +299,7 @@ class PackedBitLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(x)
         x_q, act_scale = quantize_activations(x)
-        rows = row_scales(self.weight_scale, self.splits)
-        out = (integer_matmul(x_q, self.codes()) * output_scale(rows, act_scale)).to(x_q.dtype)
+        out = (integer_matmul(x_q, self.codes()) * output_scale(self.scales_per_row(), act_scale)).to(x_q.dtype)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out
