@@ -145,12 +145,14 @@ def kernel_speed(width: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     heads = max(1, width // 32)
     d_ff = max(8, round(2.75 * width / 8) * 8)
     kv = max(1, heads // 2) * 32
-    shapes = {"qkv_proj": (width, width + 2 * kv), "o_proj": (width, width), "up_proj": (width, 2 * d_ff),
-              "down_proj": (d_ff, width)}
+    shapes = {  # (in, out, fused parts with their own γ, as in the decoder)
+        "qkv_proj": (width, width + 2 * kv, (width, kv, kv)), "o_proj": (width, width, None),
+        "up_proj": (width, 2 * d_ff, (d_ff, d_ff)), "down_proj": (d_ff, width, None),
+    }
     rows = []
     torch.manual_seed(0)
-    for name, (k, n) in shapes.items():
-        bit = BitLinear(k, n)
+    for name, (k, n, splits) in shapes.items():
+        bit = BitLinear(k, n, splits=splits)
         layers = {
             "fp32_linear": nn.Linear(k, n, bias=False), "packed": PackedBitLinear.from_bitlinear(bit),
             "packed_unpack_each_call": PackedBitLinear.from_bitlinear(bit, cache_int8=False),
@@ -260,7 +262,10 @@ def reading(rows: list[dict[str, Any]], kernels: list[dict[str, Any]], narrows: 
     beats_fake = all(r["decode"]["packed_b1"] > r["decode"]["bitlinear_b1"] for r in decoded)
     if decoded:
         where = ", ".join(map(str, slower)) or "no width"
-        text += f"Batch-1 packed decode is slower than fp32 decode at d={where}; "
+        faster = [r for r in decoded if r["width"] not in slower]
+        text += f"Batch-1 packed decode is slower than fp32 decode at d={where}"
+        text += "".join(f", faster at d={r['width']} ({r['decode']['packed_b1']:.0f} against "
+                        f"{r['decode']['fp32_b1']:.0f} tokens/s)" for r in faster) + "; "
         text += "it is faster than the BitLinear fake-quant model at every width. " if beats_fake else ""
     if kernels:
         wins = [k for k in kernels if k["packed_vs_fp32"] < 1]
@@ -301,7 +306,7 @@ def render(data: dict[str, Any]) -> Path:
           f"{bit[w]['lr']:g}", f"{bit[w]['val_ppl']:.1f} ({seeds(bit[w])})", f"{100 * gaps[w]:+.1f}%",
           "yes" if bit[w]["packed_equals_training"] else "NO",
           f"{fp[w]['linear_bytes_fp16']:,}", f"{bit[w]['linear_bytes_packed']:,}",
-          f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_packed']:.3f}x",
+          f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_packed']:.4f}x",
           f"{bit[w]['linear_bytes_base3']:,}" if "linear_bytes_base3" in bit[w] else "-",
           f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_base3']:.3f}x" if "linear_bytes_base3" in bit[w]
           else "-",
@@ -323,8 +328,8 @@ def render(data: dict[str, Any]) -> Path:
     ratio_base3 = fp[widest]["linear_bytes_fp16"] / base3_bytes if base3_bytes else None
     size_goal = (
         f"{'met' if ratio_base3 >= 8 else 'NOT met'} with the base-3 export, {ratio_base3:.3f}× at d={widest} "
-        f"(5 ternary weights per byte); the 2-bit export gives {ratio_widest:.3f}×" if ratio_base3 else
-        f"{ratio_widest:.3f}× at d={widest} (2-bit export)"
+        f"(5 ternary weights per byte); the 2-bit export gives {ratio_widest:.4f}×" if ratio_base3 else
+        f"{ratio_widest:.4f}× at d={widest} (2-bit export)"
     )
     gap_list = ", ".join(f"d={w}: {100 * gaps[w]:+.1f}%" for w in widths)
     load_start, load_end = data["load_average"]["start"], data["load_average"]["end"]
