@@ -8,6 +8,12 @@ tokens/s (fp32, BitLinear fake-quant, packed), per-layer CPU times of the packed
     .venv/bin/python -m benchmarks.bitnet            # ~35 min on 2 cores
     .venv/bin/python -m benchmarks.bitnet --quick    # smoke run, ~1 min
 
+`--extend` adds widths to the runs recorded in docs/results/bitnet.json (same budget, seeds and tokenizer), so
+a wider model can be measured in a later session; d=1024 should take roughly 20 min per run on 2 cores:
+
+    .venv/bin/python -m benchmarks.bitnet --widths 1024 --extend --kernel-widths \
+        --lr-grid-fp 1024=0.0005,0.001 --lr-grid-bitnet 1024=0.0005,0.001
+
 Training runs on a GPU when there is one (train.device=auto); the packed models are always evaluated on CPU,
 against the trained model reloaded on CPU. A GPU-sized run toward the paper's regime (not yet run; the
 standard library holds ~13 MB of source, so more tokens than ~3.5M repeat epochs), for example:
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -35,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, markdown_table, median, timed, write_results
+from benchmarks.common import RESULTS, commit, markdown_table, median, timed, write_results
 from lmstack.models.bitnet import (
     PACKING_BASE3,
     BitLinear,
@@ -370,6 +377,8 @@ def render(data: dict[str, Any]) -> Path:
         f"{'/'.join(f'{x:.1f}' for x in load_end)} at the end (this benchmark's own threads count too; more "
         f"than about 2 means other processes shared the 2 cores and absolute times are noisy). "
         f"Total {data['total_s']:.0f} s."
+        + "".join(f" Widths {part['widths']}: `{part['command']}` at commit `{part['commit']}` "
+                  f"({part['total_s']:.0f} s)." for part in data.get("parts", []))
     )
     return write_results("bitnet", data, table, notes)
 
@@ -427,6 +436,58 @@ def ablation_section(ablations: list[dict[str, Any]]) -> str:
     return (f"## Recipe ablations (d={a['width']}, seed {a['seed']}, b1.58 lr {a['lr']:g})\n\n{table}\n\n"
             "Every variant ends as the same kind of model (ternary weights, int8 activations), so its packed "
             "export is as small; only how it was trained differs.\n\n")
+
+
+SAME_BUDGET = ("steps", "batch_size", "seq_len", "warmup", "train_bytes", "val_bytes", "eval_batches", "layers",
+               "seeds")
+
+
+def tokenizer_digest(directory: Path) -> str:
+    return hashlib.sha256((directory / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def load_previous(args: argparse.Namespace) -> dict[str, Any]:
+    """bitnet.json of an earlier run that this run adds widths to; it must share the token budget."""
+    path = RESULTS / "bitnet.json"
+    if not path.exists():
+        raise SystemExit(f"--extend: no {path} to extend")
+    previous = json.loads(path.read_text())
+    differ = [k for k in SAME_BUDGET if previous["config"].get(k) != getattr(args, k)]
+    if differ:
+        pairs = ", ".join(f"{k} {previous['config'].get(k)} vs {getattr(args, k)}" for k in differ)
+        raise SystemExit(f"--extend: settings differ from bitnet.json's run, so the budgets would differ: {pairs}")
+    if "tokenizer_sha256" not in previous:
+        raise SystemExit("--extend: bitnet.json does not record its tokenizer; re-run all widths instead")
+    return previous
+
+
+def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The earlier run's widths that this run did not redo, plus this run's; `parts` says which run measured
+    which widths (commit, command, seconds)."""
+    widths = set(new["config"]["widths"])
+    kernel_widths = {k["width"] for k in new["kernels"]}
+    parts = previous.get("parts") or [{
+        "widths": previous["config"]["widths"], "commit": previous.get("commit"),
+        "command": previous.get("command"), "total_s": previous["total_s"]}]
+    parts = [{**part, "widths": [w for w in part["widths"] if w not in widths]} for part in parts]
+    parts = [part for part in parts if part["widths"]]
+    parts.append({"widths": new["config"]["widths"], "commit": commit(), "command": " ".join(sys.argv),
+                  "total_s": new["total_s"]})
+    grids = {}
+    for kind in ("fp", "bitnet"):
+        merged = {**width_grids(argparse.Namespace(**previous["config"]), kind),
+                  **width_grids(argparse.Namespace(**new["config"]), kind)}
+        grids[f"lr_grid_{kind}"] = [f"{w}={','.join(map(str, g))}" for w, g in sorted(merged.items())]
+    all_widths = sorted(widths | set(previous["config"]["widths"]))
+    return {
+        **new,
+        "config": {**new["config"], **grids, "widths": all_widths},
+        "runs": [r for r in previous["runs"] if r["width"] not in widths] + new["runs"],
+        "lr_trials": [t for t in previous["lr_trials"] if t["width"] not in widths] + new["lr_trials"],
+        "kernels": [k for k in previous["kernels"] if k["width"] not in kernel_widths] + new["kernels"],
+        "ablations": new["ablations"] or previous.get("ablations", []),
+        "parts": parts, "total_s": sum(part["total_s"] for part in parts),
+    }
 
 
 def width_grids(args: argparse.Namespace, kind: str) -> dict[int, list[float]]:
@@ -493,6 +554,9 @@ def main() -> None:
                    help="extra decoder widths for the layer timings (576 = SmolLM2-135M's width)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny widths and budget, one lr")
     p.add_argument("--render", action="store_true", help="only rewrite the page and plot from bitnet.json")
+    p.add_argument("--extend", action="store_true",
+                   help="add these widths to the runs in bitnet.json (same budget, seeds and tokenizer), e.g. "
+                   "one wider model per session")
     args = p.parse_args()
     if args.render:  # the page states the command of the run that measured the data
         data = json.loads((RESULTS / "bitnet.json").read_text())
@@ -503,9 +567,12 @@ def main() -> None:
         args.widths, args.seeds, args.steps, args.train_bytes = [16, 32], [0], 20, 300_000
         args.eval_batches, args.repeats, args.warmup, args.lrs_fp, args.lrs_bitnet = 2, 1, 4, [2e-3], [2e-3]
         args.kernel_widths, args.lr_grid_fp, args.lr_grid_bitnet, args.ablation_width = [], [], [], 0
+    previous = load_previous(args) if args.extend else None
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     runs, trials, tokenizer = [], [], None
+    if previous and Path(previous.get("tokenizer_dir", "")).is_dir():
+        tokenizer = Path(previous["tokenizer_dir"])
     for width in args.widths:
         for kind in ("fp", "bitnet"):
             lrs = width_grids(args, kind).get(width, args.lrs_fp if kind == "fp" else args.lrs_bitnet)
@@ -514,6 +581,8 @@ def main() -> None:
             for lr in lrs:
                 tried.append(train_one(kind, width, args.seeds[0], lr, args, tokenizer))
                 tokenizer = tokenizer or Path(tried[-1]["run_dir"]) / "tokenizer"
+                if previous and tokenizer_digest(tokenizer) != previous["tokenizer_sha256"]:
+                    raise SystemExit("--extend: this run's tokenizer differs from bitnet.json's")
                 print(f"{kind:6s} d={width:4d} lr {lr:g}: val ppl {tried[-1]['val_ppl']:.2f} "
                       f"({tried[-1]['train_s']:.0f}s)", flush=True)
             best = min(tried, key=lambda r: r["val_loss"])
@@ -537,10 +606,13 @@ def main() -> None:
                     row["decode"] = decode
             print(f"d={width}: decode tok/s {decode}", flush=True)
     kernels = [row for w in (max(args.widths), *args.kernel_widths) for row in kernel_speed(w, args)]
-    skip = ("quick", "render")
+    skip = ("quick", "render", "extend")
     data = {"config": {k: v for k, v in vars(args).items() if k not in skip}, "runs": runs,
             "lr_trials": trials, "kernels": kernels, "ablations": ablations, "total_s": time.perf_counter() - t0,
-            "argv": sys.argv[1:], "load_average": {"start": load_start, "end": os.getloadavg()}}
+            "argv": sys.argv[1:], "load_average": {"start": load_start, "end": os.getloadavg()},
+            "tokenizer_dir": str(tokenizer), "tokenizer_sha256": tokenizer_digest(tokenizer)}
+    if previous:
+        data = merge_results(previous, data)
     print(f"wrote {render(data)} and {RESULTS / 'bitnet.png'}")
 
 
