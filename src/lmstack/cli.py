@@ -132,7 +132,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     info = export_bitnet(args.checkpoint, args.out, {"2bit": PACKING, "base3": PACKING_BASE3}[args.packing])
     ratio = info["linear_bytes_fp16"] / max(info["linear_bytes_packed"], 1)
     print(f"wrote {info['out']}: block linear weights {info['linear_bytes_packed']:,} bytes packed vs "
-          f"{info['linear_bytes_fp16']:,} in fp16 ({ratio:.3f}x smaller); model.safetensors "
+          f"{info['linear_bytes_fp16']:,} in fp16 ({ratio:.4f}x smaller); model.safetensors "
           f"{info['file_bytes_source']:,} -> {info['file_bytes_packed']:,} bytes")
     return 0
 

@@ -341,7 +341,8 @@ def set_quant_strength(model: nn.Module, value: float) -> int:
     """Set λ of every `BitLinear`: 0 trains it as a plain linear layer (still with its SubLN), 1 as BitNet
     b1.58, values between interpolate input and weights toward their quantized values. 16-to-1.58-bit
     continual pre-training (Nielsen et al., 2025) trains in 16 bits first, then switches (or ramps) to 1.58
-    bits, and ends closer to a 16-bit model than 1.58-bit training from scratch. Returns the layer count."""
+    bits; they report it ending closer to a 16-bit model than 1.58-bit training from scratch (at the 2M
+    parameters of benchmarks/bitnet.py it made no measurable difference). Returns the layer count."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"quantization strength must lie in [0, 1], got {value}")
     layers = [m for m in model.modules() if isinstance(m, BitLinear)]
