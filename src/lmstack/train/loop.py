@@ -238,6 +238,7 @@ def _train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, log: Callable[[str
     staged_quant = cfg.bitnet_quant_start > 0 or cfg.bitnet_quant_ramp > 0
     if staged_quant and set_quant_strength(model, 1.0) == 0:
         raise ConfigError("train.bitnet_quant_start/ramp need a BitNet model (model.bitnet=true)")
+    strength_now = 1.0
     scaler = torch.amp.GradScaler(device.type) if amp is torch.float16 else None
 
     start_step, ckpt = 0, None
@@ -300,9 +301,11 @@ def _train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, log: Callable[[str
         task = bar.add_task("train", total=cfg.steps, completed=start_step, info="")
         for step in range(start_step, cfg.steps):
             batch = job.train_batch(step)
-            if staged_quant:
+            if staged_quant:  # λ changes at most once per step of the ramp
                 strength = quant_strength(step, cfg.steps, cfg.bitnet_quant_start, cfg.bitnet_quant_ramp)
-                set_quant_strength(model, strength)
+                if strength != strength_now:
+                    set_quant_strength(model, strength)
+                    strength_now = strength
             micro_batches = split_batch(parallel.local_batch(batch), parallel.local_accum)
             probe = None
             if step - start_step < MEMORY_STEPS and not cfg.compile:
