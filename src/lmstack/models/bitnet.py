@@ -331,7 +331,6 @@ def _replace(model: nn.Module, kind: type, make) -> int:
 
 def pack_model(model: nn.Module, cache_int8: bool = True, packing: str = PACKING) -> nn.Module:
     """Replace every `BitLinear` of `model` (in place) by its `PackedBitLinear`; returns the model."""
-    _check_packing(packing)
     if _replace(model, BitLinear, lambda m: PackedBitLinear.from_bitlinear(m, cache_int8, packing)) == 0:
         raise CheckpointError("the model has no BitLinear layers: train it with model.bitnet=true to pack it")
     return model.eval()
