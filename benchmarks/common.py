@@ -30,9 +30,11 @@ def machine() -> dict[str, Any]:
 
 
 def commit() -> str:
+    """Short HEAD, '+dirty' when code differs from it (results this benchmark is writing do not count)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10).stdout
+        git = {"capture_output": True, "text": True, "timeout": 10, "cwd": RESULTS.parents[1]}
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!docs/results"], **git).stdout
         return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
     except OSError:
         return "unknown"
