@@ -389,9 +389,11 @@ def edge_note(trials: list[dict[str, Any]]) -> str:
     for kind in ("fp", "bitnet"):
         for width in sorted({t["width"] for t in trials}):
             tried = [t for t in trials if t["kind"] == kind and t["width"] == width]
+            if len(tried) < 2:  # a single rate (or none) has no edge to speak of
+                continue
             grid = sorted(t["lr"] for t in tried)
             best = min(tried, key=lambda t: t["val_ppl"])["lr"]
-            if len(grid) > 1 and best in (grid[0], grid[-1]):
+            if best in (grid[0], grid[-1]):
                 edges.append(f"{'FP' if kind == 'fp' else 'b1.58'} d={width} ({best:g})")
     return f" (chosen at the edge of its grid, so a rate beyond it might do better: {', '.join(edges)})" \
         if edges else " (every chosen rate lies inside its grid)"
