@@ -32,9 +32,11 @@ def machine() -> dict[str, Any]:
 def commit() -> str:
     """Short HEAD, '+dirty' when code differs from it (results this benchmark is writing do not count)."""
     try:
-        git = {"capture_output": True, "text": True, "timeout": 10, "cwd": RESULTS.parents[1]}
+        root = RESULTS.parents[1]
+        git = {"capture_output": True, "text": True, "timeout": 10, "cwd": root}
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!docs/results"], **git).stdout
+        results = RESULTS.relative_to(root).as_posix()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", f":!{results}"], **git).stdout
         return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
     except OSError:
         return "unknown"
