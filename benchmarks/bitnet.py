@@ -9,10 +9,11 @@ tokens/s (fp32, BitLinear fake-quant, packed), per-layer CPU times of the packed
     .venv/bin/python -m benchmarks.bitnet --quick    # smoke run, ~1 min
 
 `--extend` adds widths to the runs recorded in docs/results/bitnet.json (same budget, seeds and tokenizer), so
-a wider model can be measured in a later session; d=1024 should take roughly 20 min per run on 2 cores:
+a wider model can be measured in a later session; d=1024 took about 17 min per run on 2 cores (~1.7 h for
+2-point grids). Re-running d=1024 with wider grids (its recorded rates lie at their grids' edges):
 
     .venv/bin/python -m benchmarks.bitnet --widths 1024 --extend --kernel-widths \
-        --lr-grid-fp 1024=0.0005,0.001 --lr-grid-bitnet 1024=0.0005,0.001
+        --lr-grid-fp 1024=0.0005,0.0007,0.001 --lr-grid-bitnet 1024=0.0007,0.001,0.0015
 
 Training runs on a GPU when there is one (train.device=auto); the packed models are always evaluated on CPU,
 against the trained model reloaded on CPU. A GPU-sized run toward the paper's regime (not yet run; the
