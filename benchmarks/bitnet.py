@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import RESULTS, commit, markdown_table, median, timed, write_results
+from lmstack.generate.sampling import generate
 from lmstack.models.bitnet import (
     PACKING_BASE3,
     BitLinear,
@@ -55,7 +56,7 @@ from lmstack.models.bitnet import (
 from lmstack.train.loop import evaluate, train
 from lmstack.train.recipe import build_job, load_recipe
 from lmstack.weights.bitnet_export import export_bitnet
-from lmstack.weights.checkpoint import load_model_for_inference
+from lmstack.weights.load import load_model_for_inference
 
 RECIPE = "recipes/pretrain_bitnet_tiny.yaml"
 RUNS = Path("runs/bench_bitnet")
@@ -65,24 +66,43 @@ def width_overrides(width: int, layers: int) -> list[str]:
     """Llama-style shapes at `width`: head size 32, half as many KV heads, SwiGLU d_ff ≈ 2.75 d."""
     heads = max(1, width // 32)
     d_ff = max(8, round(2.75 * width / 8) * 8)
-    return [f"model.d_model={width}", f"model.n_heads={heads}", f"model.n_kv_heads={max(1, heads // 2)}",
-            f"model.d_ff={d_ff}", f"model.n_layers={layers}"]
+    return [
+        f"model.d_model={width}",
+        f"model.n_heads={heads}",
+        f"model.n_kv_heads={max(1, heads // 2)}",
+        f"model.d_ff={d_ff}",
+        f"model.n_layers={layers}",
+    ]
 
 
 def train_one(
-    kind: str, width: int, seed: int, lr: float, args: argparse.Namespace, tokenizer: Path | None,
-    variant: str = "", extra: tuple[str, ...] = (),
+    kind: str,
+    width: int,
+    seed: int,
+    lr: float,
+    args: argparse.Namespace,
+    tokenizer: Path | None,
+    variant: str = "",
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One run; `variant`/`extra` name and add recipe overrides for the ablations."""
     run_dir = RUNS / f"{kind}{variant and '-' + variant}-d{width}-s{seed}-lr{lr:g}"
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [
-        f"out_dir={run_dir}", f"data.seq_len={args.seq_len}", f"model.max_seq_len={args.seq_len}",
-        f"data.max_train_bytes={args.train_bytes}", f"data.max_val_bytes={args.val_bytes}",
-        f"train.steps={args.steps}", f"train.batch_size={args.batch_size}",
+        f"out_dir={run_dir}",
+        f"data.seq_len={args.seq_len}",
+        f"model.max_seq_len={args.seq_len}",
+        f"data.max_train_bytes={args.train_bytes}",
+        f"data.max_val_bytes={args.val_bytes}",
+        f"train.steps={args.steps}",
+        f"train.batch_size={args.batch_size}",
         f"train.warmup_steps={args.warmup}",
-        f"train.eval_batches={args.eval_batches}", "train.eval_every=0", "train.save_every=0",
-        "train.progress=false", f"train.log_every={max(1, args.steps // 10)}", f"train.seed={seed}",
+        f"train.eval_batches={args.eval_batches}",
+        "train.eval_every=0",
+        "train.save_every=0",
+        "train.progress=false",
+        f"train.log_every={max(1, args.steps // 10)}",
+        f"train.seed={seed}",
         *width_overrides(width, args.layers),
     ]
     if kind == "fp":
@@ -97,11 +117,18 @@ def train_one(
     summary = train(job, recipe.train, run_dir, log=lambda m: None)
     seconds = time.perf_counter() - t0
     row: dict[str, Any] = {
-        "kind": kind, "width": width, "seed": seed, "run_dir": str(run_dir), "layers": args.layers,
-        "lr": recipe.train.lr, "schedule": recipe.train.schedule, "train_s": round(seconds, 1),
+        "kind": kind,
+        "width": width,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "layers": args.layers,
+        "lr": recipe.train.lr,
+        "schedule": recipe.train.schedule,
+        "train_s": round(seconds, 1),
         "tokens": args.steps * args.batch_size * args.seq_len,
         "params": sum(p.numel() for p in job.model.parameters()),
-        "val_loss": summary["val_loss"], "val_ppl": math.exp(summary["val_loss"]),
+        "val_loss": summary["val_loss"],
+        "val_ppl": math.exp(summary["val_loss"]),
     }
     block_linear = [m for m in job.model.modules() if isinstance(m, nn.Linear) and m is not job.model.lm_head]
     row["linear_bytes_fp16"] = sum(2 * m.weight.numel() for m in block_linear)
@@ -118,11 +145,16 @@ def train_one(
             trained, _ = load_model_for_inference(run_dir)
             reference = evaluate(dataclasses.replace(job, model=trained), torch.device("cpu"), None)
         row.update(
-            packed_val_loss=packed_loss, base3_val_loss=base3_loss, training_val_loss_cpu=reference,
+            packed_val_loss=packed_loss,
+            base3_val_loss=base3_loss,
+            training_val_loss_cpu=reference,
             packed_equals_training=packed_loss == reference == base3_loss,
-            linear_bytes_packed=sizes["packed"], linear_bytes_base3=linear_weight_bytes(base3)["packed"],
-            subln_bytes=sizes["subln"], file_bytes_training=info["file_bytes_source"],
-            file_bytes_packed=info["file_bytes_packed"], file_bytes_base3=info3["file_bytes_packed"],
+            linear_bytes_packed=sizes["packed"],
+            linear_bytes_base3=linear_weight_bytes(base3)["packed"],
+            subln_bytes=sizes["subln"],
+            file_bytes_training=info["file_bytes_source"],
+            file_bytes_packed=info["file_bytes_packed"],
+            file_bytes_base3=info3["file_bytes_packed"],
         )
     row["prompt"] = next(iter(job.eval_batches()))["input_ids"][:8, :16].tolist()
     return row
@@ -141,7 +173,7 @@ def decode_speed(fp_dir: Path, bitnet_dir: Path, prompt: list[list[int]], args: 
     for _ in range(args.repeats):
         for name, model in models.items():
             for batch in (1, 8):
-                fn = functools.partial(model.generate, ids[:batch], args.new_tokens)
+                fn = functools.partial(generate, model, ids[:batch], args.new_tokens)
                 secs.setdefault(f"{name}_b{batch}", []).extend(timed(fn, 1, warmup=1))
     return {k: round(int(k[-1]) * args.new_tokens / median(v), 1) for k, v in secs.items()}
 
@@ -154,15 +186,18 @@ def kernel_speed(width: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     d_ff = max(8, round(2.75 * width / 8) * 8)
     kv = max(1, heads // 2) * 32
     shapes = {  # (in, out, fused parts with their own γ, as in the decoder)
-        "qkv_proj": (width, width + 2 * kv, (width, kv, kv)), "o_proj": (width, width, None),
-        "up_proj": (width, 2 * d_ff, (d_ff, d_ff)), "down_proj": (d_ff, width, None),
+        "qkv_proj": (width, width + 2 * kv, (width, kv, kv)),
+        "o_proj": (width, width, None),
+        "up_proj": (width, 2 * d_ff, (d_ff, d_ff)),
+        "down_proj": (d_ff, width, None),
     }
     rows = []
     torch.manual_seed(0)
     for name, (k, n, splits) in shapes.items():
         bit = BitLinear(k, n, splits=splits)
         layers = {
-            "fp32_linear": nn.Linear(k, n, bias=False), "packed": PackedBitLinear.from_bitlinear(bit),
+            "fp32_linear": nn.Linear(k, n, bias=False),
+            "packed": PackedBitLinear.from_bitlinear(bit),
             "packed_unpack_each_call": PackedBitLinear.from_bitlinear(bit, cache_int8=False),
             "bitlinear_fake_quant": bit,
         }
@@ -192,8 +227,12 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = [r for r in runs if r["kind"] == kind and r["width"] == width]
         loss = sum(r["val_loss"] for r in group) / len(group)
         row = {k: v for k, v in group[0].items() if k not in ("seed", "val_loss", "val_ppl", "train_s")}
-        row.update(val_loss=loss, val_ppl=math.exp(loss), seed_ppl=[r["val_ppl"] for r in group],
-                   train_s=[r["train_s"] for r in group])
+        row.update(
+            val_loss=loss,
+            val_ppl=math.exp(loss),
+            seed_ppl=[r["val_ppl"] for r in group],
+            train_s=[r["train_s"] for r in group],
+        )
         if kind == "bitnet":
             row["packed_equals_training"] = all(r["packed_equals_training"] for r in group)
         out.append(row)
@@ -255,8 +294,9 @@ def reading(rows: list[dict[str, Any]], kernels: list[dict[str, Any]], narrows: 
         f"(parity at 3B) after 100B training tokens, a regime 2 CPU cores cannot reach. "
     )
     text += (
-        "Here the gap narrows with width, as the paper predicts. " if narrows else
-        "Here the gap does not shrink steadily with width, so this run does not reproduce the paper's claim "
+        "Here the gap narrows with width, as the paper predicts. "
+        if narrows
+        else "Here the gap does not shrink steadily with width, so this run does not reproduce the paper's claim "
         "at tiny scale. "
     )
     if not narrows and len(tail) >= 3:
@@ -272,8 +312,14 @@ def reading(rows: list[dict[str, Any]], kernels: list[dict[str, Any]], narrows: 
         where = ", ".join(map(str, slower)) or "no width"
         faster = [r for r in decoded if r["width"] not in slower]
         text += f"Batch-1 packed decode is slower than fp32 decode at d={where}"
-        text += "".join(f", faster at d={r['width']} ({r['decode']['packed_b1']:.0f} against "
-                        f"{r['decode']['fp32_b1']:.0f} tokens/s)" for r in faster) + "; "
+        text += (
+            "".join(
+                f", faster at d={r['width']} ({r['decode']['packed_b1']:.0f} against "
+                f"{r['decode']['fp32_b1']:.0f} tokens/s)"
+                for r in faster
+            )
+            + "; "
+        )
         text += "it is faster than the BitLinear fake-quant model at every width. " if beats_fake else ""
     if kernels:
         wins = [k for k in kernels if k["packed_vs_fp32"] < 1]
@@ -307,27 +353,74 @@ def render(data: dict[str, Any]) -> Path:
         return f"{d[key]:.0f}" if key in d else "-"
 
     table = markdown_table(
-        ["d_model", "params (FP)", "FP lr", "FP ppl (seeds)", "b1.58 lr", "b1.58 ppl (seeds)", "gap",
-         "packed = training", "linear bytes fp16", "2-bit", "ratio", "base-3", "ratio",
-         "decode b1 tok/s: fp32 / fake-quant / packed", "b8: fp32 / packed"],
-        [[w, f"{fp[w]['params'] / 1e6:.2f}M", f"{fp[w]['lr']:g}", f"{fp[w]['val_ppl']:.1f} ({seeds(fp[w])})",
-          f"{bit[w]['lr']:g}", f"{bit[w]['val_ppl']:.1f} ({seeds(bit[w])})", f"{100 * gaps[w]:+.1f}%",
-          "yes" if bit[w]["packed_equals_training"] else "NO",
-          f"{fp[w]['linear_bytes_fp16']:,}", f"{bit[w]['linear_bytes_packed']:,}",
-          f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_packed']:.4f}x",
-          f"{bit[w]['linear_bytes_base3']:,}" if "linear_bytes_base3" in bit[w] else "-",
-          f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_base3']:.3f}x" if "linear_bytes_base3" in bit[w]
-          else "-",
-          f"{decode(w, 'fp32_b1')} / {decode(w, 'bitlinear_b1')} / {decode(w, 'packed_b1')}",
-          f"{decode(w, 'fp32_b8')} / {decode(w, 'packed_b8')}"] for w in widths],
+        [
+            "d_model",
+            "params (FP)",
+            "FP lr",
+            "FP ppl (seeds)",
+            "b1.58 lr",
+            "b1.58 ppl (seeds)",
+            "gap",
+            "packed = training",
+            "linear bytes fp16",
+            "2-bit",
+            "ratio",
+            "base-3",
+            "ratio",
+            "decode b1 tok/s: fp32 / fake-quant / packed",
+            "b8: fp32 / packed",
+        ],
+        [
+            [
+                w,
+                f"{fp[w]['params'] / 1e6:.2f}M",
+                f"{fp[w]['lr']:g}",
+                f"{fp[w]['val_ppl']:.1f} ({seeds(fp[w])})",
+                f"{bit[w]['lr']:g}",
+                f"{bit[w]['val_ppl']:.1f} ({seeds(bit[w])})",
+                f"{100 * gaps[w]:+.1f}%",
+                "yes" if bit[w]["packed_equals_training"] else "NO",
+                f"{fp[w]['linear_bytes_fp16']:,}",
+                f"{bit[w]['linear_bytes_packed']:,}",
+                f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_packed']:.4f}x",
+                f"{bit[w]['linear_bytes_base3']:,}" if "linear_bytes_base3" in bit[w] else "-",
+                f"{fp[w]['linear_bytes_fp16'] / bit[w]['linear_bytes_base3']:.3f}x"
+                if "linear_bytes_base3" in bit[w]
+                else "-",
+                f"{decode(w, 'fp32_b1')} / {decode(w, 'bitlinear_b1')} / {decode(w, 'packed_b1')}",
+                f"{decode(w, 'fp32_b8')} / {decode(w, 'packed_b8')}",
+            ]
+            for w in widths
+        ],
     )
     kernel_table = markdown_table(
-        ["d_model", "layer", "K->N", "tokens", "fp32 nn.Linear µs", "packed layer µs", "packed / fp32",
-         "int8 matmul µs", "unpack each call µs", "BitLinear (train) µs"],
-        [[k["width"], k["layer"], k["shape"], k["tokens"], k["fp32_linear_us"], k["packed_us"],
-          f"{k['packed_vs_fp32']}x", k["int_matmul_us"], k["packed_unpack_each_call_us"],
-          k["bitlinear_fake_quant_us"]]
-         for k in kernels],
+        [
+            "d_model",
+            "layer",
+            "K->N",
+            "tokens",
+            "fp32 nn.Linear µs",
+            "packed layer µs",
+            "packed / fp32",
+            "int8 matmul µs",
+            "unpack each call µs",
+            "BitLinear (train) µs",
+        ],
+        [
+            [
+                k["width"],
+                k["layer"],
+                k["shape"],
+                k["tokens"],
+                k["fp32_linear_us"],
+                k["packed_us"],
+                f"{k['packed_vs_fp32']}x",
+                k["int_matmul_us"],
+                k["packed_unpack_each_call_us"],
+                k["bitlinear_fake_quant_us"],
+            ]
+            for k in kernels
+        ],
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(rows, RESULTS / "bitnet.png")
@@ -336,8 +429,9 @@ def render(data: dict[str, Any]) -> Path:
     ratio_base3 = fp[widest]["linear_bytes_fp16"] / base3_bytes if base3_bytes else None
     size_goal = (
         f"{'met' if ratio_base3 >= 8 else 'NOT met'} with the base-3 export, {ratio_base3:.3f}× at d={widest} "
-        f"(5 ternary weights per byte); the 2-bit export gives {ratio_widest:.4f}×" if ratio_base3 else
-        f"{ratio_widest:.4f}× at d={widest} (2-bit export)"
+        f"(5 ternary weights per byte); the 2-bit export gives {ratio_widest:.4f}×"
+        if ratio_base3
+        else f"{ratio_widest:.4f}× at d={widest} (2-bit export)"
     )
     gap_list = ", ".join(f"d={w}: {100 * gaps[w]:+.1f}%" for w in widths)
     load_start, load_end = data["load_average"]["start"], data["load_average"]["end"]
@@ -378,8 +472,10 @@ def render(data: dict[str, Any]) -> Path:
         f"{'/'.join(f'{x:.1f}' for x in load_end)} at the end (this benchmark's own threads count too; more "
         f"than about 2 means other processes shared the 2 cores and absolute times are noisy). "
         f"Total {data['total_s']:.0f} s."
-        + "".join(f" Widths {part['widths']}: `{part['command']}` at commit `{part['commit']}` "
-                  f"({part['total_s']:.0f} s)." for part in data.get("parts", []))
+        + "".join(
+            f" Widths {part['widths']}: `{part['command']}` at commit `{part['commit']}` ({part['total_s']:.0f} s)."
+            for part in data.get("parts", [])
+        )
     )
     return write_results("bitnet", data, table, notes)
 
@@ -396,14 +492,17 @@ def edge_note(trials: list[dict[str, Any]]) -> str:
             best = min(tried, key=lambda t: t["val_ppl"])["lr"]
             if best in (grid[0], grid[-1]):
                 edges.append(f"{'FP' if kind == 'fp' else 'b1.58'} d={width} ({best:g})")
-    return f" (chosen at the edge of its grid, so a rate beyond it might do better: {', '.join(edges)})" \
-        if edges else " (every chosen rate lies inside its grid)"
+    return (
+        f" (chosen at the edge of its grid, so a rate beyond it might do better: {', '.join(edges)})"
+        if edges
+        else " (every chosen rate lies inside its grid)"
+    )
 
 
 ABLATIONS = {  # name → recipe overrides, each run once on the first seed at the b1.58 rate chosen above
     "cosine schedule (no stage two)": ("train.schedule=cosine",),
-    "16-to-1.58-bit: 16 bits for the first half": ("train.bitnet_quant_start=0.5",),
-    "16-to-1.58-bit + cosine schedule": ("train.bitnet_quant_start=0.5", "train.schedule=cosine"),
+    "16-to-1.58-bit: 16 bits for the first half": ("bitnet.quant_start=0.5",),
+    "16-to-1.58-bit + cosine schedule": ("bitnet.quant_start=0.5", "train.schedule=cosine"),
 }
 
 
@@ -413,13 +512,26 @@ def run_ablations(runs: list[dict[str, Any]], args: argparse.Namespace, tokenize
     first = {r["kind"]: r for r in runs if r["width"] == width and r["seed"] == seed}
     if not width or len(first) < 2:
         return []
-    out = [{"variant": "the recipe (two-stage schedule, ternary from step 0)", "overrides": [],
-            "lr": first["bitnet"]["lr"], "val_ppl": first["bitnet"]["val_ppl"],
-            "packed_equals_training": first["bitnet"]["packed_equals_training"]}]
+    out = [
+        {
+            "variant": "the recipe (two-stage schedule, ternary from step 0)",
+            "overrides": [],
+            "lr": first["bitnet"]["lr"],
+            "val_ppl": first["bitnet"]["val_ppl"],
+            "packed_equals_training": first["bitnet"]["packed_equals_training"],
+        }
+    ]
     for i, (name, extra) in enumerate(ABLATIONS.items()):
         row = train_one("bitnet", width, seed, first["bitnet"]["lr"], args, tokenizer, f"ablation{i}", extra)
-        out.append({"variant": name, "overrides": list(extra), "lr": row["lr"], "val_ppl": row["val_ppl"],
-                    "packed_equals_training": row["packed_equals_training"]})
+        out.append(
+            {
+                "variant": name,
+                "overrides": list(extra),
+                "lr": row["lr"],
+                "val_ppl": row["val_ppl"],
+                "packed_equals_training": row["packed_equals_training"],
+            }
+        )
         print(f"ablation d={width} {name}: val ppl {row['val_ppl']:.2f}", flush=True)
     for row in out:
         row.update(width=width, seed=seed, fp_ppl=first["fp"]["val_ppl"])
@@ -432,17 +544,35 @@ def ablation_section(ablations: list[dict[str, Any]]) -> str:
     a = ablations[0]
     table = markdown_table(
         ["b1.58 variant", "overrides", "val ppl", f"gap to FP ({a['fp_ppl']:.1f})", "packed = training"],
-        [[r["variant"], " ".join(r["overrides"]) or "-", f"{r['val_ppl']:.1f}",
-          f"{100 * (r['val_ppl'] / r['fp_ppl'] - 1):+.1f}%", "yes" if r["packed_equals_training"] else "NO"]
-         for r in ablations],
+        [
+            [
+                r["variant"],
+                " ".join(r["overrides"]) or "-",
+                f"{r['val_ppl']:.1f}",
+                f"{100 * (r['val_ppl'] / r['fp_ppl'] - 1):+.1f}%",
+                "yes" if r["packed_equals_training"] else "NO",
+            ]
+            for r in ablations
+        ],
     )
-    return (f"## Recipe ablations (d={a['width']}, seed {a['seed']}, b1.58 lr {a['lr']:g})\n\n{table}\n\n"
-            "Every variant ends as the same kind of model (ternary weights, int8 activations), so its packed "
-            "export is as small; only how it was trained differs.\n\n")
+    return (
+        f"## Recipe ablations (d={a['width']}, seed {a['seed']}, b1.58 lr {a['lr']:g})\n\n{table}\n\n"
+        "Every variant ends as the same kind of model (ternary weights, int8 activations), so its packed "
+        "export is as small; only how it was trained differs.\n\n"
+    )
 
 
-SAME_BUDGET = ("steps", "batch_size", "seq_len", "warmup", "train_bytes", "val_bytes", "eval_batches", "layers",
-               "seeds")
+SAME_BUDGET = (
+    "steps",
+    "batch_size",
+    "seq_len",
+    "warmup",
+    "train_bytes",
+    "val_bytes",
+    "eval_batches",
+    "layers",
+    "seeds",
+)
 
 
 def tokenizer_digest(directory: Path) -> str:
@@ -469,17 +599,30 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     which widths (commit, command, seconds)."""
     widths = set(new["config"]["widths"])
     kernel_widths = {k["width"] for k in new["kernels"]}
-    parts = previous.get("parts") or [{
-        "widths": previous["config"]["widths"], "commit": previous.get("commit"),
-        "command": previous.get("command"), "total_s": previous["total_s"]}]
+    parts = previous.get("parts") or [
+        {
+            "widths": previous["config"]["widths"],
+            "commit": previous.get("commit"),
+            "command": previous.get("command"),
+            "total_s": previous["total_s"],
+        }
+    ]
     parts = [{**part, "widths": [w for w in part["widths"] if w not in widths]} for part in parts]
     parts = [part for part in parts if part["widths"]]
-    parts.append({"widths": new["config"]["widths"], "commit": commit(), "command": " ".join(sys.argv),
-                  "total_s": new["total_s"]})
+    parts.append(
+        {
+            "widths": new["config"]["widths"],
+            "commit": commit(),
+            "command": " ".join(sys.argv),
+            "total_s": new["total_s"],
+        }
+    )
     grids = {}
     for kind in ("fp", "bitnet"):
-        merged = {**width_grids(argparse.Namespace(**previous["config"]), kind),
-                  **width_grids(argparse.Namespace(**new["config"]), kind)}
+        merged = {
+            **width_grids(argparse.Namespace(**previous["config"]), kind),
+            **width_grids(argparse.Namespace(**new["config"]), kind),
+        }
         grids[f"lr_grid_{kind}"] = [f"{w}={','.join(map(str, g))}" for w, g in sorted(merged.items())]
     all_widths = sorted(widths | set(previous["config"]["widths"]))
     return {
@@ -489,7 +632,8 @@ def merge_results(previous: dict[str, Any], new: dict[str, Any]) -> dict[str, An
         "lr_trials": [t for t in previous["lr_trials"] if t["width"] not in widths] + new["lr_trials"],
         "kernels": [k for k in previous["kernels"] if k["width"] not in kernel_widths] + new["kernels"],
         "ablations": new["ablations"] or previous.get("ablations", []),
-        "parts": parts, "total_s": sum(part["total_s"] for part in parts),
+        "parts": parts,
+        "total_s": sum(part["total_s"] for part in parts),
     }
 
 
@@ -524,8 +668,10 @@ def lr_table(trials: list[dict[str, Any]]) -> str:
         for k in lrs:
             here = [lr for lr in lrs[k] if (k, w, lr) in ppl]
             best = min(here, key=lambda lr, k=k: ppl[k, w, lr])
-            cells += [("-" if lr not in here else f"**{ppl[k, w, lr]:.1f}**" if lr == best else
-                       f"{ppl[k, w, lr]:.1f}") for lr in lrs[k]]
+            cells += [
+                ("-" if lr not in here else f"**{ppl[k, w, lr]:.1f}**" if lr == best else f"{ppl[k, w, lr]:.1f}")
+                for lr in lrs[k]
+            ]
         rows.append([w, *cells])
     return markdown_table(header, rows)
 
@@ -541,25 +687,44 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=60)
     p.add_argument("--lrs-fp", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3, 8e-3])
     p.add_argument("--lrs-bitnet", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3, 8e-3])
-    p.add_argument("--lr-grid-fp", nargs="*", default=["512=0.0005,0.001,0.002"], metavar="WIDTH=LR,LR",
-                   help="FP grid at one width instead of --lrs-fp (wider models want lower rates, and each "
-                   "d=512 run costs minutes)")
-    p.add_argument("--lr-grid-bitnet", nargs="*", default=["512=0.001,0.002,0.004"], metavar="WIDTH=LR,LR",
-                   help="b1.58 grid at one width instead of --lrs-bitnet")
-    p.add_argument("--ablation-width", type=int, default=256,
-                   help="width of the one-seed b1.58 recipe ablations (0: none)")
+    p.add_argument(
+        "--lr-grid-fp",
+        nargs="*",
+        default=["512=0.0005,0.001,0.002"],
+        metavar="WIDTH=LR,LR",
+        help="FP grid at one width instead of --lrs-fp (wider models want lower rates, and each "
+        "d=512 run costs minutes)",
+    )
+    p.add_argument(
+        "--lr-grid-bitnet",
+        nargs="*",
+        default=["512=0.001,0.002,0.004"],
+        metavar="WIDTH=LR,LR",
+        help="b1.58 grid at one width instead of --lrs-bitnet",
+    )
+    p.add_argument(
+        "--ablation-width", type=int, default=256, help="width of the one-seed b1.58 recipe ablations (0: none)"
+    )
     p.add_argument("--train-bytes", type=int, default=6_000_000)
     p.add_argument("--val-bytes", type=int, default=400_000)
     p.add_argument("--eval-batches", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--kernel-widths", type=int, nargs="*", default=[576],
-                   help="extra decoder widths for the layer timings (576 = SmolLM2-135M's width)")
+    p.add_argument(
+        "--kernel-widths",
+        type=int,
+        nargs="*",
+        default=[576],
+        help="extra decoder widths for the layer timings (576 = SmolLM2-135M's width)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny widths and budget, one lr")
     p.add_argument("--render", action="store_true", help="only rewrite the page and plot from bitnet.json")
-    p.add_argument("--extend", action="store_true",
-                   help="add these widths to the runs in bitnet.json (same budget, seeds and tokenizer), e.g. "
-                   "one wider model per session")
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="add these widths to the runs in bitnet.json (same budget, seeds and tokenizer), e.g. "
+        "one wider model per session",
+    )
     args = p.parse_args()
     if args.render:  # the page states the command of the run that measured the data
         data = json.loads((RESULTS / "bitnet.json").read_text())
@@ -586,23 +751,27 @@ def main() -> None:
                 tokenizer = tokenizer or Path(tried[-1]["run_dir"]) / "tokenizer"
                 if previous and tokenizer_digest(tokenizer) != previous["tokenizer_sha256"]:
                     raise SystemExit("--extend: this run's tokenizer differs from bitnet.json's")
-                print(f"{kind:6s} d={width:4d} lr {lr:g}: val ppl {tried[-1]['val_ppl']:.2f} "
-                      f"({tried[-1]['train_s']:.0f}s)", flush=True)
+                print(
+                    f"{kind:6s} d={width:4d} lr {lr:g}: val ppl {tried[-1]['val_ppl']:.2f} "
+                    f"({tried[-1]['train_s']:.0f}s)",
+                    flush=True,
+                )
             best = min(tried, key=lambda r: r["val_loss"])
             trials += [{k: r[k] for k in ("kind", "width", "lr", "val_ppl")} for r in tried]
             runs.append(best)
             for seed in args.seeds[1:]:
                 runs.append(train_one(kind, width, seed, best["lr"], args, tokenizer))
-                print(f"{kind:6s} d={width:4d} lr {best['lr']:g} seed {seed}: val ppl "
-                      f"{runs[-1]['val_ppl']:.2f}", flush=True)
+                print(
+                    f"{kind:6s} d={width:4d} lr {best['lr']:g} seed {seed}: val ppl {runs[-1]['val_ppl']:.2f}",
+                    flush=True,
+                )
     ablations = run_ablations(runs, args, tokenizer)
     prompt = runs[0]["prompt"]
     for r in runs:
         r.pop("prompt")
     if args.new_tokens:
         for width in args.widths:
-            first = {r["kind"]: Path(r["run_dir"]) for r in runs
-                     if r["width"] == width and r["seed"] == args.seeds[0]}
+            first = {r["kind"]: Path(r["run_dir"]) for r in runs if r["width"] == width and r["seed"] == args.seeds[0]}
             decode = decode_speed(first["fp"], first["bitnet"], prompt, args)
             for row in runs:
                 if row["width"] == width:
@@ -610,10 +779,18 @@ def main() -> None:
             print(f"d={width}: decode tok/s {decode}", flush=True)
     kernels = [row for w in (max(args.widths), *args.kernel_widths) for row in kernel_speed(w, args)]
     skip = ("quick", "render", "extend")
-    data = {"config": {k: v for k, v in vars(args).items() if k not in skip}, "runs": runs,
-            "lr_trials": trials, "kernels": kernels, "ablations": ablations, "total_s": time.perf_counter() - t0,
-            "argv": sys.argv[1:], "load_average": {"start": load_start, "end": os.getloadavg()},
-            "tokenizer_dir": str(tokenizer), "tokenizer_sha256": tokenizer_digest(tokenizer)}
+    data = {
+        "config": {k: v for k, v in vars(args).items() if k not in skip},
+        "runs": runs,
+        "lr_trials": trials,
+        "kernels": kernels,
+        "ablations": ablations,
+        "total_s": time.perf_counter() - t0,
+        "argv": sys.argv[1:],
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "tokenizer_dir": str(tokenizer),
+        "tokenizer_sha256": tokenizer_digest(tokenizer),
+    }
     if previous:
         data = merge_results(previous, data)
     print(f"wrote {render(data)} and {RESULTS / 'bitnet.png'}")

@@ -91,10 +91,17 @@ def transformers_timer(model) -> Timer:
         s = Stamps()
         t0 = time.perf_counter()
         with torch.no_grad():
-            model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
-                           do_sample=False, streamer=s, pad_token_id=2)
+            model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                streamer=s,
+                pad_token_id=2,
+            )
         # put #0 is the prompt, put #1 the first new token (after the prefill)
-        return s.times[1] - t0, s.times[-1] - s.times[1], s.tokens[len(ids):]
+        return s.times[1] - t0, s.times[-1] - s.times[1], s.tokens[len(ids) :]
 
     return run
 
@@ -132,8 +139,7 @@ def decode_logits(fast: FastDecoder, ids: list[int], continuation: list[int]) ->
     return torch.cat(out)
 
 
-def quality(a: torch.Tensor, fast: FastDecoder, ids: list[int], ref_tokens: list[int],
-            ref_free: list[int]) -> dict:
+def quality(a: torch.Tensor, fast: FastDecoder, ids: list[int], ref_tokens: list[int], ref_free: list[int]) -> dict:
     """Teacher-forced logit error / greedy agreement vs the fp32 logits `a` over the fp32 continuation."""
     b = decode_logits(fast, ids, ref_tokens[:-1])
     same = 0
@@ -149,8 +155,9 @@ def quality(a: torch.Tensor, fast: FastDecoder, ids: list[int], ref_tokens: list
     }
 
 
-def measure(threads: int, args: argparse.Namespace, ids: list[int], engines: dict[str, Engine],
-            hf, notes: list[str]) -> tuple[dict[str, Any], float, dict[str, list[int]]]:
+def measure(
+    threads: int, args: argparse.Namespace, ids: list[int], engines: dict[str, Engine], hf, notes: list[str]
+) -> tuple[dict[str, Any], float, dict[str, list[int]]]:
     """All contenders at one thread count: (results by system, read bandwidth, greedy tokens by system)."""
     torch.set_num_threads(threads)
     bandwidth = read_bandwidth()
@@ -164,8 +171,14 @@ def measure(threads: int, args: argparse.Namespace, ids: list[int], engines: dic
     if importlib.util.find_spec("llama_cpp") is not None:
         from llama_cpp import Llama
 
-        llm = Llama(str(smollm_gguf_path()), n_ctx=args.prompt_tokens + args.new_tokens + 8, n_threads=threads,
-                    n_threads_batch=threads, n_batch=args.prompt_tokens, verbose=False)
+        llm = Llama(
+            str(smollm_gguf_path()),
+            n_ctx=args.prompt_tokens + args.new_tokens + 8,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=args.prompt_tokens,
+            verbose=False,
+        )
         contenders["llama.cpp Q4_1"] = (llama_cpp_timer(llm), gguf_tensor_bytes())
     elif not any("llama.cpp" in n for n in notes):
         notes.append("llama.cpp: `llama-cpp-python` is not installed (`pip install -e '.[bench]'` builds it).")
@@ -182,15 +195,20 @@ def measure(threads: int, args: argparse.Namespace, ids: list[int], engines: dic
             pre, dec, out = timer(ids, args.new_tokens)
             runs[name].append((len(ids) / pre, (args.new_tokens - 1) / dec))
             tokens[name] = out
-            print(f"[{r + 1}/{args.repeats}] {name}: prefill {runs[name][-1][0]:.0f} tok/s, "
-                  f"decode {runs[name][-1][1]:.1f} tok/s", flush=True)
+            print(
+                f"[{r + 1}/{args.repeats}] {name}: prefill {runs[name][-1][0]:.0f} tok/s, "
+                f"decode {runs[name][-1][1]:.1f} tok/s",
+                flush=True,
+            )
     ref = tokens["lmstack fp32 (default)"]
     results: dict[str, Any] = {}
     for name, (_, nbytes) in contenders.items():
         decode = median([d for _, d in runs[name]])
         results[name] = {
-            "prefill_tok_s": round(median([p for p, _ in runs[name]]), 1), "decode_tok_s": round(decode, 2),
-            "prefill_runs": [round(p, 1) for p, _ in runs[name]], "decode_runs": [round(d, 2) for _, d in runs[name]],
+            "prefill_tok_s": round(median([p for p, _ in runs[name]]), 1),
+            "decode_tok_s": round(decode, 2),
+            "prefill_runs": [round(p, 1) for p, _ in runs[name]],
+            "decode_runs": [round(d, 2) for _, d in runs[name]],
             "weight_bytes_per_token": nbytes,
             "bandwidth_efficiency": round(decode / (bandwidth * 1e9 / nbytes), 3),
             "same_greedy_tokens_as_lmstack_fp32": tokens[name] == ref,
@@ -206,17 +224,26 @@ def measure(threads: int, args: argparse.Namespace, ids: list[int], engines: dic
 def goals_summary(by_threads: dict[str, Any]) -> str:
     """The issue's goals, checked per thread count: default ≥ 1.5× transformers; a best mode with ≥ 2×
     transformers, ≥ 50% bandwidth efficiency and ≥ 0.5× llama.cpp all at once."""
-    lines = ["**Goals** (default ≥ 1.5× transformers; best mode ≥ 2× transformers, ≥ 50% bandwidth efficiency "
-             "and ≥ 0.5× llama.cpp at once):"]
+    lines = [
+        "**Goals** (default ≥ 1.5× transformers; best mode ≥ 2× transformers, ≥ 50% bandwidth efficiency "
+        "and ≥ 0.5× llama.cpp at once):"
+    ]
     for threads, block in by_threads.items():
         res = block["results"]
         default = res["lmstack fp32 (default)"].get("decode_tok_s_vs_transformers")
-        best = [name for name, r in res.items() if name.startswith("lmstack")
-                and r.get("decode_tok_s_vs_transformers", 0) >= 2 and r["bandwidth_efficiency"] >= 0.5
-                and r.get("decode_tok_s_vs_llama.cpp", 0) >= 0.5]
-        lines.append(f"- {threads} thread(s): default {default}× transformers "
-                     f"({'met' if default and default >= 1.5 else 'NOT met'}); modes meeting every best-mode goal: "
-                     f"{', '.join(best) if best else 'none'}.")
+        best = [
+            name
+            for name, r in res.items()
+            if name.startswith("lmstack")
+            and r.get("decode_tok_s_vs_transformers", 0) >= 2
+            and r["bandwidth_efficiency"] >= 0.5
+            and r.get("decode_tok_s_vs_llama.cpp", 0) >= 0.5
+        ]
+        lines.append(
+            f"- {threads} thread(s): default {default}× transformers "
+            f"({'met' if default and default >= 1.5 else 'NOT met'}); modes meeting every best-mode goal: "
+            f"{', '.join(best) if best else 'none'}."
+        )
     return "\n".join(lines)
 
 
@@ -227,8 +254,12 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile mode")
-    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (run it on an otherwise idle "
-                    "machine: other processes on the cores make 2-thread figures measure contention)")
+    ap.add_argument(
+        "--threads",
+        default="1,2",
+        help="comma-separated thread counts (run it on an otherwise idle "
+        "machine: other processes on the cores make 2-thread figures measure contention)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.prompt_tokens, args.new_tokens, args.repeats, args.no_compile = 128, 32, 1, True
@@ -251,8 +282,9 @@ def main() -> None:
         import transformers
 
         path = smollm_gguf_path()
-        hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                               dtype=torch.float32).eval()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        ).eval()
     except Exception as exc:  # the peer is optional; say why it is missing
         notes.append(f"transformers unavailable: {type(exc).__name__}: {exc}")
 
@@ -264,42 +296,84 @@ def main() -> None:
         ref_tokens = ref_tokens or tokens["lmstack fp32 (default)"]
         last_tokens = tokens
     exact = decode_logits(engines["lmstack fp32 (default)"].fast, ids, ref_tokens[:-1])
-    qualities = {name: quality(exact, e.fast, ids, ref_tokens, last_tokens[name])
-                 for name, e in engines.items() if name != "lmstack fp32 (default)"}
+    qualities = {
+        name: quality(exact, e.fast, ids, ref_tokens, last_tokens[name])
+        for name, e in engines.items()
+        if name != "lmstack fp32 (default)"
+    }
 
-    header = ["threads", "system", "bytes/token", "prefill tok/s", "decode tok/s", "× transformers",
-              "× llama.cpp", "bandwidth eff."]
+    header = [
+        "threads",
+        "system",
+        "bytes/token",
+        "prefill tok/s",
+        "decode tok/s",
+        "× transformers",
+        "× llama.cpp",
+        "bandwidth eff.",
+    ]
     rows = []
     for threads, block in by_threads.items():
         for name, r in block["results"].items():
-            rows.append([
-                threads, name, f"{r['weight_bytes_per_token'] / 1e6:.0f} MB", f"{r['prefill_tok_s']:.0f}",
-                f"{r['decode_tok_s']:.1f}", f"{r.get('decode_tok_s_vs_transformers', float('nan')):.2f}",
-                f"{r.get('decode_tok_s_vs_llama.cpp', float('nan')):.2f}", f"{r['bandwidth_efficiency']:.0%}",
-            ])
-    qrows = [[name, q["max_logit_err"], q["mean_logit_err"], f"{q['greedy_agreement']:.1%}", q["identical_prefix"]]
-             for name, q in qualities.items()]
-    qtable = markdown_table(["mode", "max abs Δlogit", "mean abs Δlogit", "greedy agreement (teacher-forced)",
-                             "identical free-running prefix (tokens)"], qrows)
+            rows.append(
+                [
+                    threads,
+                    name,
+                    f"{r['weight_bytes_per_token'] / 1e6:.0f} MB",
+                    f"{r['prefill_tok_s']:.0f}",
+                    f"{r['decode_tok_s']:.1f}",
+                    f"{r.get('decode_tok_s_vs_transformers', float('nan')):.2f}",
+                    f"{r.get('decode_tok_s_vs_llama.cpp', float('nan')):.2f}",
+                    f"{r['bandwidth_efficiency']:.0%}",
+                ]
+            )
+    qrows = [
+        [name, q["max_logit_err"], q["mean_logit_err"], f"{q['greedy_agreement']:.1%}", q["identical_prefix"]]
+        for name, q in qualities.items()
+    ]
+    qtable = markdown_table(
+        [
+            "mode",
+            "max abs Δlogit",
+            "mean abs Δlogit",
+            "greedy agreement (teacher-forced)",
+            "identical free-running prefix (tokens)",
+        ],
+        qrows,
+    )
     load_after = os.getloadavg()
     bw = ", ".join(f"{b['read_bandwidth_gb_s']} GB/s at {t} thread(s)" for t, b in by_threads.items())
-    notes.insert(0, (
-        f"SmolLM2-135M-Instruct, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens (greedy, eos "
-        f"ignored), batch 1, medians of {args.repeats} interleaved repeats per thread count. Measured read "
-        f"bandwidth (sum of a 1 GiB fp32 tensor): {bw}. Bandwidth efficiency = decode tok/s ÷ (bandwidth ÷ "
-        "bytes/token); bytes/token = weights read per decoded token (fp32: 538 MB; llama.cpp: the GGUF's tensor "
-        f"bytes). Load average (1 min) {load_before[0]:.1f} before and {load_after[0]:.1f} after; it counts this "
-        "benchmark's own threads too, and other processes on the cores would make absolute figures noisy "
-        "(2-thread runs suffer most); ratios come from the same interleaved run. × columns are decode ratios."
-    ))
+    notes.insert(
+        0,
+        (
+            f"SmolLM2-135M-Instruct, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens (greedy, eos "
+            f"ignored), batch 1, medians of {args.repeats} interleaved repeats per thread count. Measured read "
+            f"bandwidth (sum of a 1 GiB fp32 tensor): {bw}. Bandwidth efficiency = decode tok/s ÷ (bandwidth ÷ "
+            "bytes/token); bytes/token = weights read per decoded token (fp32: 538 MB; llama.cpp: the GGUF's tensor "
+            f"bytes). Load average (1 min) {load_before[0]:.1f} before and {load_after[0]:.1f} after; it counts this "
+            "benchmark's own threads too, and other processes on the cores would make absolute figures noisy "
+            "(2-thread runs suffer most); ratios come from the same interleaved run. × columns are decode ratios."
+        ),
+    )
     notes.insert(1, goals_summary(by_threads))
-    notes.append("Quality cost of the fast modes (against lmstack fp32, on the fp32 greedy continuation of the "
-                 "prompt):\n\n" + qtable)
-    write_results("decode_speed", {
-        "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
-        "load_average": [load_before, load_after], "by_threads": by_threads, "quality": qualities,
-        "notes": notes,
-    }, markdown_table(header, rows), "\n\n".join(notes))
+    notes.append(
+        "Quality cost of the fast modes (against lmstack fp32, on the fp32 greedy continuation of the "
+        "prompt):\n\n" + qtable
+    )
+    write_results(
+        "decode_speed",
+        {
+            "prompt_tokens": args.prompt_tokens,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "load_average": [load_before, load_after],
+            "by_threads": by_threads,
+            "quality": qualities,
+            "notes": notes,
+        },
+        markdown_table(header, rows),
+        "\n\n".join(notes),
+    )
     print(markdown_table(header, rows))
     print(qtable)
 

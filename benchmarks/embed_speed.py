@@ -79,12 +79,21 @@ def main() -> None:
         f"{cos:.7f}. Goal: ratio ≥ 1.0×. Load average {load_before[0]:.1f} before and {load_after[0]:.1f} after "
         "(other processes shared the cores)."
     )
-    write_results("embed_speed", {
-        "n": args.n, "batch_size": args.batch_size, "repeats": args.repeats,
-        "sentences_per_s": {k: round(v, 1) for k, v in rate.items()},
-        "runs_s": times, "ratio": round(ratio, 3), "min_cosine": cos,
-        "load_average": [load_before, load_after],
-    }, markdown_table(["system", "sentences/s", "ratio"], rows), notes)
+    write_results(
+        "embed_speed",
+        {
+            "n": args.n,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "sentences_per_s": {k: round(v, 1) for k, v in rate.items()},
+            "runs_s": times,
+            "ratio": round(ratio, 3),
+            "min_cosine": cos,
+            "load_average": [load_before, load_after],
+        },
+        markdown_table(["system", "sentences/s", "ratio"], rows),
+        notes,
+    )
     print(markdown_table(["system", "sentences/s", "ratio"], rows))
 
 

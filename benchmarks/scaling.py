@@ -64,9 +64,20 @@ def run_strategy(strategy: str, world: int, args: dict[str, Any], run_dir: Path,
     model_kw = GPU_MODEL if device == "cuda" else CPU_MODEL
     job = synthetic_job(model_kw, args["batch"], args["seq"])
     cfg = TrainConfig(
-        steps=args["steps"], batch_size=args["batch"], grad_accum=args.get("grad_accum", 1), lr=1e-3,
-        warmup_steps=2, eval_every=0, eval_batches=1, log_every=1, progress=False, device=device, resume="never",
-        strategy=strategy, hsdp_replicas=2 if strategy == "hsdp" else 0, consolidate_checkpoints=False,
+        steps=args["steps"],
+        batch_size=args["batch"],
+        grad_accum=args.get("grad_accum", 1),
+        lr=1e-3,
+        warmup_steps=2,
+        eval_every=0,
+        eval_batches=1,
+        log_every=1,
+        progress=False,
+        device=device,
+        resume="never",
+        strategy=strategy,
+        hsdp_replicas=2 if strategy == "hsdp" else 0,
+        consolidate_checkpoints=False,
         keep_checkpoints=1,
     )
     if device == "cuda":
@@ -82,9 +93,14 @@ def run_strategy(strategy: str, world: int, args: dict[str, Any], run_dir: Path,
     mem = next(r["memory"] for r in records if "memory" in r and r["step"] == 2)
     n = mem["n_params"]
     row = {
-        "world": world, "strategy": strategy, "n_params": n, "tokens_per_s": statistics.median(speeds),
-        "formula_at_rest": mem["formula"]["at_rest"], "formula_paper": mem["formula"]["paper"],
-        "ranks": mem["ranks"], "peak_allocated": peaks,
+        "world": world,
+        "strategy": strategy,
+        "n_params": n,
+        "tokens_per_s": statistics.median(speeds),
+        "formula_at_rest": mem["formula"]["at_rest"],
+        "formula_paper": mem["formula"]["paper"],
+        "ranks": mem["ranks"],
+        "peak_allocated": peaks,
     }
     if device == "cuda":
         c = GPU_MODEL
@@ -98,8 +114,9 @@ def _rank_main(rank: int, world: int, args: dict[str, Any], out: str, device: st
     init = f"file://{Path(out).resolve() / f'pg-{device}-{world}'}"
     if device == "cuda":
         torch.cuda.set_device(rank)
-    dist.init_process_group("cpu:gloo,cuda:nccl" if device == "cuda" else "gloo", init_method=init, rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "cpu:gloo,cuda:nccl" if device == "cuda" else "gloo", init_method=init, rank=rank, world_size=world
+    )
     rows = []
     for strategy in strategies(world):
         if strategy == "single":
@@ -127,30 +144,60 @@ def _single(args: dict[str, Any], out: str, device: str) -> dict[str, Any]:
 
 
 def cpu_table(rows: list[dict[str, Any]]) -> str:
-    header = ["N", "strategy", "tokens/s", "per rank", "model states / rank (MiB)", "formula (MiB)",
-              "measured / formula", "paper (MiB)", "peak in step (MiB)"]
+    header = [
+        "N",
+        "strategy",
+        "tokens/s",
+        "per rank",
+        "model states / rank (MiB)",
+        "formula (MiB)",
+        "measured / formula",
+        "paper (MiB)",
+        "peak in step (MiB)",
+    ]
     body = []
     for r in rows:
         rest = [x["at_rest"]["total"] for x in r["ranks"]]
         peak = [x["peak"]["total"] for x in r["ranks"]]
         ratio = [x / r["formula_at_rest"] for x in rest]
-        body.append([
-            r["world"], r["strategy"], f"{r['tokens_per_s']:.0f}", f"{r['tokens_per_s'] / r['world']:.0f}",
-            _span(rest), f"{r['formula_at_rest'] / MIB:.2f}", f"{min(ratio):.3f}–{max(ratio):.3f}"
-            if len(ratio) > 1 else f"{ratio[0]:.3f}", f"{r['formula_paper'] / MIB:.2f}", _span(peak),
-        ])
+        body.append(
+            [
+                r["world"],
+                r["strategy"],
+                f"{r['tokens_per_s']:.0f}",
+                f"{r['tokens_per_s'] / r['world']:.0f}",
+                _span(rest),
+                f"{r['formula_at_rest'] / MIB:.2f}",
+                f"{min(ratio):.3f}–{max(ratio):.3f}" if len(ratio) > 1 else f"{ratio[0]:.3f}",
+                f"{r['formula_paper'] / MIB:.2f}",
+                _span(peak),
+            ]
+        )
     return markdown_table(header, body)
 
 
 def gpu_table(rows: list[dict[str, Any]]) -> str:
-    header = ["N", "strategy", "tokens/s", "MFU", "peak allocated / rank (GiB)", "model states / rank (GiB)",
-              "peak model states (GiB)"]
-    body = [[
-        r["world"], r["strategy"], f"{r['tokens_per_s']:.0f}", f"{100 * r['mfu']:.1f}%",
-        f"{max(p for p in r['peak_allocated'] if p) / 2**30:.2f}",
-        f"{max(x['at_rest']['total'] for x in r['ranks']) / 2**30:.2f}",
-        f"{max(x['peak']['total'] for x in r['ranks']) / 2**30:.2f}",
-    ] for r in rows]
+    header = [
+        "N",
+        "strategy",
+        "tokens/s",
+        "MFU",
+        "peak allocated / rank (GiB)",
+        "model states / rank (GiB)",
+        "peak model states (GiB)",
+    ]
+    body = [
+        [
+            r["world"],
+            r["strategy"],
+            f"{r['tokens_per_s']:.0f}",
+            f"{100 * r['mfu']:.1f}%",
+            f"{max(p for p in r['peak_allocated'] if p) / 2**30:.2f}",
+            f"{max(x['at_rest']['total'] for x in r['ranks']) / 2**30:.2f}",
+            f"{max(x['peak']['total'] for x in r['ranks']) / 2**30:.2f}",
+        ]
+        for r in rows
+    ]
     return markdown_table(header, body)
 
 

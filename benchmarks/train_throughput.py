@@ -20,9 +20,18 @@ def hf_gpt2(size: dict, seq: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
-        vocab_size=size["vocab_size"], n_positions=seq, n_embd=size["d_model"], n_layer=size["n_layers"],
-        n_head=size["n_heads"], n_inner=size["d_ff"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        activation_function="gelu_new", layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+        vocab_size=size["vocab_size"],
+        n_positions=seq,
+        n_embd=size["d_model"],
+        n_layer=size["n_layers"],
+        n_head=size["n_heads"],
+        n_inner=size["d_ff"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        activation_function="gelu_new",
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
     )
     cfg._attn_implementation = "sdpa"
     return GPT2LMHeadModel(cfg)
@@ -72,8 +81,14 @@ def run(size_name: str, batch: int, seq: int, steps: int, repeats: int) -> dict:
         "lmstack": sum(p.numel() for p in ours.parameters()),
         "transformers": sum(p.numel() for p in theirs.parameters()),
     }
-    return {"size": size_name, "batch": batch, "seq": seq, "params": params, "tokens_per_s": result,
-            "ratio": result["lmstack"] / result["transformers"]}
+    return {
+        "size": size_name,
+        "batch": batch,
+        "seq": seq,
+        "params": params,
+        "tokens_per_s": result,
+        "ratio": result["lmstack"] / result["transformers"],
+    }
 
 
 def main() -> None:
@@ -85,19 +100,26 @@ def main() -> None:
     for size, batch in (("tiny", 16), ("10m", 8)):
         r = run(size, batch, 128, steps, repeats)
         records.append(r)
-        rows.append([size, f"{r['params']['lmstack'] / 1e6:.2f}M", f"{r['batch']}×{r['seq']}",
-                     f"{r['tokens_per_s']['lmstack']:.0f}", f"{r['tokens_per_s']['transformers']:.0f}",
-                     f"{r['ratio']:.2f}×"])
+        rows.append(
+            [
+                size,
+                f"{r['params']['lmstack'] / 1e6:.2f}M",
+                f"{r['batch']}×{r['seq']}",
+                f"{r['tokens_per_s']['lmstack']:.0f}",
+                f"{r['tokens_per_s']['transformers']:.0f}",
+                f"{r['ratio']:.2f}×",
+            ]
+        )
         print(rows[-1], flush=True)
-    table = markdown_table(
-        ["size", "params", "batch", "lmstack tok/s", "transformers tok/s", "ratio"], rows
+    table = markdown_table(["size", "params", "batch", "lmstack tok/s", "transformers tok/s", "ratio"], rows)
+    notes = (
+        f"fp32 CPU training step (forward, backward, clip, fused AdamW), identical GPT-2 configs (tied "
+        f"embeddings, tanh GELU, no dropout), SDPA attention in both; medians of {repeats} interleaved "
+        f"repeats of {steps} steps each. Goal: ratio ≥ 1.2×. About 70% of the step is matrix multiplication, "
+        f"identical in both, which bounds what model code can win in eager mode; lmstack's gains come from "
+        f"fused GELU, fused QKV and SDPA's causal fast path. torch.compile of lmstack's model "
+        f"(`train.compile=true`) gave no further gain here."
     )
-    notes = (f"fp32 CPU training step (forward, backward, clip, fused AdamW), identical GPT-2 configs (tied "
-             f"embeddings, tanh GELU, no dropout), SDPA attention in both; medians of {repeats} interleaved "
-             f"repeats of {steps} steps each. Goal: ratio ≥ 1.2×. About 70% of the step is matrix multiplication, "
-             f"identical in both, which bounds what model code can win in eager mode; lmstack's gains come from "
-             f"fused GELU, fused QKV and SDPA's causal fast path. torch.compile of lmstack's model "
-             f"(`train.compile=true`) gave no further gain here.")
     write_results("train_throughput", {"results": records, "steps": steps, "repeats": repeats}, table, notes)
     print(table)
 

@@ -4,9 +4,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 
-from lmstack.models import model_config
+from lmstack.models import DecoderLM, model_config
+from lmstack.train.loop import TrainingJob
+from lmstack.train.objectives import causal_lm_loss
 
 # tiny shapes shared by the unit tests (d_model ≤ 64)
 TINY = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64)
@@ -14,6 +17,20 @@ TINY = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_l
 
 def tiny_config(preset: str, **overrides):
     return model_config(preset, **{**TINY, **overrides})
+
+
+def toy_lm_job(seed: int = 0) -> TrainingJob:
+    """A tiny GPT on a learnable sequence task (each token determines the next), batches of 8 from 64 rows."""
+    torch.manual_seed(seed)
+    model = DecoderLM(tiny_config("gpt-tiny"))
+    starts = torch.randint(0, 97, (64, 1), generator=torch.Generator().manual_seed(1))
+    data = (starts + 3 * torch.arange(17)) % 97
+
+    def batch(step):
+        rows = data[(step * 8) % 64 : (step * 8) % 64 + 8]
+        return {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
+
+    return TrainingJob(model, causal_lm_loss, batch, lambda: [batch(0)])
 
 
 def write_tiny_gpt_recipe(directory: Path, corpus: Path, name: str, **train) -> Path:

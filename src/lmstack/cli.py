@@ -35,8 +35,18 @@ def _torchrun_train(nproc: int, recipe: str, overrides: list[str]) -> int:
     """Replace this process by torchrun starting `nproc` ranks of `lmstack train` on this machine."""
     import os
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "lmstack", "train", recipe, *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "lmstack",
+        "train",
+        recipe,
+        *overrides,
+    ]
     print("launching: " + " ".join(cmd[1:]), flush=True)
     os.execv(sys.executable, cmd)
     return 1  # not reached
@@ -54,60 +64,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _torchrun_train(nproc, args.recipe, overrides)
     summary = run_recipe(args.recipe, overrides)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
-        print(f"done: step {summary['step']}, val_loss {summary.get('val_loss', float('nan')):.4f}, "
-              f"checkpoint {summary['checkpoint']}")
+        print(
+            f"done: step {summary['step']}, val_loss {summary.get('val_loss', float('nan')):.4f}, "
+            f"checkpoint {summary['checkpoint']}"
+        )
     return 0
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a model from a YAML recipe",
+        "train",
+        help="train a model from a YAML recipe",
         description="Train from a recipe. Any key can be overridden: lmstack train recipes/x.yaml train.steps=50",
     )
     p.add_argument("recipe", help="path to a recipe YAML file")
-    p.add_argument("overrides", nargs=argparse.REMAINDER,
-                   help="key=value overrides, e.g. train.lr=1e-3 model.n_layers=2 (and --nproc N)")
-    p.add_argument("--nproc", default=1, metavar="N",
-                   help="start N ranks on this machine with torchrun (e.g. with train.strategy=zero3)")
+    p.add_argument(
+        "overrides",
+        nargs=argparse.REMAINDER,
+        help="key=value overrides, e.g. train.lr=1e-3 model.n_layers=2 (and --nproc N)",
+    )
+    p.add_argument(
+        "--nproc",
+        default=1,
+        metavar="N",
+        help="start N ranks on this machine with torchrun (e.g. with train.strategy=zero3)",
+    )
     p.set_defaults(func=_cmd_train)
-
-
-def _cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from lmstack.weights.checkpoint import load_model_for_inference
-
-    model, tokenizer = load_model_for_inference(args.checkpoint)
-    if tokenizer is None:
-        raise ConfigError(f"{args.checkpoint} has no tokenizer.json; lmstack sample needs one to read the prompt")
-    if getattr(getattr(model, "cfg", None), "family", "decoder") != "decoder":
-        raise ConfigError(f"lmstack sample continues text with a decoder; {args.checkpoint} holds a "
-                          f"{model.cfg.family} model")
-    ids = tokenizer.encode(args.prompt)
-    if not ids:
-        ids = [tokenizer.bos_id if tokenizer.bos_id is not None else 0]
-    for i in range(args.num_samples):
-        out = model.generate(
-            torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, eos_token_id=tokenizer.eos_id, seed=args.seed + i,
-        )
-        if args.num_samples > 1:
-            print(f"--- sample {i + 1}")
-        print(args.prompt + tokenizer.decode(out[0].tolist()))
-    return 0
-
-
-def _add_sample(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="sample text from a trained decoder checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its latest good checkpoint)")
-    p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_sample)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -131,26 +113,78 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     info = export_bitnet(args.checkpoint, args.out, {"2bit": PACKING, "base3": PACKING_BASE3}[args.packing])
     ratio = info["linear_bytes_fp16"] / max(info["linear_bytes_packed"], 1)
-    print(f"wrote {info['out']}: block linear weights {info['linear_bytes_packed']:,} bytes packed vs "
-          f"{info['linear_bytes_fp16']:,} in fp16 ({ratio:.4f}x smaller); model.safetensors "
-          f"{info['file_bytes_source']:,} -> {info['file_bytes_packed']:,} bytes")
+    print(
+        f"wrote {info['out']}: block linear weights {info['linear_bytes_packed']:,} bytes packed vs "
+        f"{info['linear_bytes_fp16']:,} in fp16 ({ratio:.4f}x smaller); model.safetensors "
+        f"{info['file_bytes_source']:,} -> {info['file_bytes_packed']:,} bytes"
+    )
     return 0
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "quantize", help="pack a trained checkpoint into a low-bit inference checkpoint",
+        "quantize",
+        help="pack a trained checkpoint into a low-bit inference checkpoint",
         description="lmstack quantize --bitnet CKPT OUT: pack a BitNet b1.58 checkpoint (trained with "
         "model.bitnet=true) into 2-bit ternary weights (or 1.6-bit with --packing base3); "
-        "sample/generate/chat load OUT directly.",
+        "generate/chat --model OUT load it directly.",
     )
     method = p.add_mutually_exclusive_group(required=True)
     method.add_argument("--bitnet", action="store_true", help="BitNet b1.58: ternary weights, 4 per byte")
     p.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest checkpoint)")
     p.add_argument("out", help="the new checkpoint directory to write")
-    p.add_argument("--packing", choices=["2bit", "base3"], default="2bit",
-                   help="2bit: 4 weights per byte (default); base3: 5 per byte as base-3 digits, ~10x below fp16")
+    p.add_argument(
+        "--packing",
+        choices=["2bit", "base3"],
+        default="2bit",
+        help="2bit: 4 weights per byte (default); base3: 5 per byte as base-3 digits, ~10x below fp16",
+    )
     p.set_defaults(func=_cmd_quantize)
+
+
+def _export_layout(config_json: str) -> str:
+    """Which key names an export used, read back from the config.json it wrote."""
+    import json
+
+    config = json.loads(config_json)
+    if "model_type" in config:
+        return f"HF {config['model_type']} key names and config (transformers and lmstack generate load it)"
+    return "lmstack's own key names (this model has no HF layout; lmstack generate loads it)"
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lmstack.errors import CheckpointError
+    from lmstack.weights.checkpoint import resolve_checkpoint
+    from lmstack.weights.export import export_safetensors
+
+    source, out_dir = Path(args.checkpoint), Path(args.out_dir)
+    if not source.exists():
+        raise CheckpointError(f"{source} does not exist; give a checkpoint directory (step-*) or a run directory")
+    checkpoint = resolve_checkpoint(source)  # a run directory → its newest checkpoint that verifies
+    if out_dir.resolve() in (checkpoint.resolve(), *checkpoint.resolve().parents):
+        raise CheckpointError(f"{out_dir} holds the checkpoint {checkpoint}; the export would replace it")
+    if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
+        raise CheckpointError(f"{out_dir} exists and is not empty; the export replaces it, pass --force to allow")
+    out_dir = export_safetensors(checkpoint, out_dir)
+    layout = _export_layout((out_dir / "config.json").read_text())
+    print(f"exported {checkpoint} to {out_dir / 'model.safetensors'}: {layout}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint (e.g. sharded DCP from a multi-process run) as one safetensors file",
+        description="lmstack export CKPT OUT_DIR: gather a checkpoint's weights (DCP shards of any world size, "
+        "or a single-process checkpoint) into OUT_DIR/model.safetensors + config.json + tokenizer, with HF key "
+        "names where the model has an HF layout (Llama, GPT-2, BERT), else lmstack's own.",
+    )
+    p.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest good checkpoint)")
+    p.add_argument("out_dir", help="the directory to write (replaced as a whole)")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR even if it is not empty")
+    p.set_defaults(func=_cmd_export)
 
 
 def _cmd_data_list(args: argparse.Namespace) -> int:
@@ -193,7 +227,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     ls = data_sub.add_parser("list", help="list the task generators")
     ls.set_defaults(func=_cmd_data_list)
     mk = data_sub.add_parser(
-        "make", help="write train/validation/test JSONL for a task",
+        "make",
+        help="write train/validation/test JSONL for a task",
         description="Generate a task deterministically: the same arguments always give the same bytes.",
     )
     mk.add_argument("name", help="task name (see `lmstack data list`)")
@@ -201,8 +236,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     mk.add_argument("--n", type=int, default=1000, help="items per split (default 1000)")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--splits", default="train,validation,test", help="comma-separated subset of the splits")
-    mk.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a generator option, e.g. --set entities=40 for knowledge_base")
+    mk.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a generator option, e.g. --set entities=40 for knowledge_base",
+    )
     mk.set_defaults(func=_cmd_data_make)
 
 
@@ -216,6 +256,7 @@ def _engine_from_args(args: argparse.Namespace):
     model, tokenizer = load_pretrained(args.model)
     if not isinstance(model, DecoderLM) or tokenizer is None:
         raise ConfigError(f"{args.model} is not a decoder with a tokenizer; generation needs both")
+    model.eval()  # no dropout while decoding (Engine does not switch modes itself)
     return Engine(model, tokenizer, mode=args.mode, compile=args.compile)
 
 
@@ -223,15 +264,23 @@ def _generation_config(args: argparse.Namespace):
     from lmstack.generate.sampling import GenerationConfig
 
     return GenerationConfig(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, stop=tuple(args.stop), seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop=tuple(args.stop),
+        seed=args.seed,
     )
 
 
 def _add_generation_args(p: argparse.ArgumentParser, temperature: float) -> None:
-    p.add_argument("--model", default="smollm2-135m-instruct",
-                   help="smollm2-135m-instruct (default), a .gguf file, an HF directory or hub id, or an lmstack "
-                        "checkpoint/run directory")
+    p.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="smollm2-135m-instruct (default), a .gguf file, an HF directory or hub id, or an lmstack "
+        "checkpoint/run directory",
+    )
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -239,44 +288,81 @@ def _add_generation_args(p: argparse.ArgumentParser, temperature: float) -> None
     p.add_argument("--repetition-penalty", type=float, default=1.0 if temperature == 0 else 1.1)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", choices=["fp32", "bf16", "int8", "int4"], default="fp32",
-                   help="weights for decoding: fp32 (exact, default), or bf16 / int8 / int4 weight-only (faster)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the single-token decode step (needs a C++ compiler; the first two "
-                   "generations compile for a few seconds; fastest with --mode bf16)")
+    p.add_argument(
+        "--mode",
+        choices=["fp32", "bf16", "int8", "int4"],
+        default="fp32",
+        help="weights for decoding: fp32 (exact, default), or bf16 / int8 / int4 weight-only (faster)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the single-token decode step (needs a C++ compiler; the first two "
+        "generations compile for a few seconds; fastest with --mode bf16)",
+    )
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    if args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}")
     engine = _engine_from_args(args)
     config = _generation_config(args)
     prompts = [sys.stdin.read() if p == "-" else p for p in args.prompt]
     if args.system and not args.chat:
         args.chat = True
+
     def as_input(p: str):
         if not args.chat:
             return p
         return ([{"role": "system", "content": args.system}] if args.system else []) + [{"role": "user", "content": p}]
 
-    if len(prompts) == 1 and not args.no_stream:
-        for piece in engine.stream(as_input(prompts[0]), config):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        return 0
-    for i, done in enumerate(engine.generate([as_input(p) for p in prompts], config)):
-        if len(prompts) > 1:
-            print(f"--- {i + 1}")
-        print(done.text)
+    # The Engine seeds every row of a batch with the same `config.seed` (a row's tokens do not depend on its
+    # batch mates), so N copies of one prompt in one batch would be N identical texts: each sample is its own
+    # generation, with seed SEED + i.
+    for i in range(args.num_samples):
+        sample_config = dataclasses.replace(config, seed=args.seed + i)
+        if args.num_samples > 1:
+            print(f"--- sample {i + 1} (seed {args.seed + i})", flush=True)
+        if len(prompts) == 1 and not args.no_stream:
+            for piece in engine.stream(as_input(prompts[0]), sample_config):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            continue
+        for j, done in enumerate(engine.generate([as_input(p) for p in prompts], sample_config)):
+            if len(prompts) > 1:
+                print(f"--- {j + 1}")
+            print(done.text)
     return 0
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate text with a pretrained or trained decoder (streams to stdout)")
-    p.add_argument("--prompt", action="append", required=True,
-                   help="prompt text, or - for stdin; repeat for a batch (generated together)")
+    p = sub.add_parser(
+        "generate",
+        help="generate text with a pretrained or trained decoder (streams to stdout)",
+        description="Continue plain text (or, with --chat, answer through the chat template). Only the generated "
+        "continuation is printed, not the prompt. For a model you trained: lmstack generate --model RUN_DIR "
+        "--prompt 'def ' --temperature 0.8 --num-samples 3",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help='prompt text ("" starts from the BOS token), or - for stdin; repeat for a batch (generated together)',
+    )
     p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn in the chat template")
     p.add_argument("--system", default=None, help="system prompt (implies --chat)")
     p.add_argument("--no-stream", action="store_true", help="print the whole text at the end")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N independent samples of each prompt, with seeds SEED..SEED+N-1 (they differ only when "
+        "--temperature > 0)",
+    )
     _add_generation_args(p, temperature=0.0)
     p.set_defaults(func=_cmd_generate)
 
@@ -323,7 +409,8 @@ def _cmd_pal(args: argparse.Namespace) -> int:
 
 def _add_pal(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "pal", help="answer a math word problem with program-aided LM (model-written code runs in a sandbox)",
+        "pal",
+        help="answer a math word problem with program-aided LM (model-written code runs in a sandbox)",
         description="PAL: the model writes def solution(); the sandbox runs it; k>1 samples are majority-voted.",
     )
     p.add_argument("question", nargs="?", default=None, help="the word problem")
@@ -340,9 +427,14 @@ def _add_pal(sub: argparse._SubParsersAction) -> None:
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_sample, _add_plot, _add_quantize,
+    _add_train,
+    _add_plot,
+    _add_quantize,
+    _add_export,
     _add_data,
-    _add_generate, _add_chat, _add_pal,
+    _add_generate,
+    _add_chat,
+    _add_pal,
 ]
 
 

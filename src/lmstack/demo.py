@@ -17,10 +17,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lmstack.generate import sampling
 from lmstack.train.loop import train
 from lmstack.train.metrics import plot_metrics, read_metrics
 from lmstack.train.recipe import build_job, load_recipe
-from lmstack.weights.checkpoint import load_model_for_inference
+from lmstack.weights.load import load_model_for_inference
 
 RECIPE = Path("recipes/pretrain_gpt_tiny.yaml")
 PROMPTS = ["import ", "def __init__(self", "    for i in range("]
@@ -31,8 +32,16 @@ HOSTILE = "import os\n\ndef solution():\n    return os.popen('cat /etc/passwd').
 def pretrain(console: Console, rows: list[tuple[str, str]], steps: int) -> None:
     console.rule("[bold]1/3 pretrain a tiny GPT on the Python standard library")
     run_dir = Path("runs/demo/gpt_tiny")
-    recipe = load_recipe(RECIPE, [f"out_dir={run_dir}", f"train.steps={steps}", "train.resume=never",
-                                  "train.save_every=0", f"train.eval_every={max(1, steps // 3)}"])
+    recipe = load_recipe(
+        RECIPE,
+        [
+            f"out_dir={run_dir}",
+            f"train.steps={steps}",
+            "train.resume=never",
+            "train.save_every=0",
+            f"train.eval_every={max(1, steps // 3)}",
+        ],
+    )
     start = time.perf_counter()
     job, tok = build_job(recipe, run_dir, log=console.print)
     n_params = sum(p.numel() for p in job.model.parameters())
@@ -44,18 +53,24 @@ def pretrain(console: Console, rows: list[tuple[str, str]], steps: int) -> None:
     console.rule("samples (temperature 0.8, top-k 50)")
     model, tok = load_model_for_inference(summary["checkpoint"])
     for i, prompt in enumerate(PROMPTS):
-        out = model.generate(torch.tensor([tok.encode(prompt)]), 48, temperature=0.8, top_k=50,
-                             eos_token_id=tok.eos_id, seed=i)
+        out = sampling.generate(
+            model, torch.tensor([tok.encode(prompt)]), 48, temperature=0.8, top_k=50, eos_token_id=tok.eos_id, seed=i
+        )
         console.print(f"[cyan]{prompt}[/cyan]{tok.decode(out[0].tolist())}", highlight=False)
     try:
         rows.append(("loss plot", str(plot_metrics(run_dir))))
     except Exception as exc:  # plotting is optional (matplotlib)
         console.print(f"(no plot: {exc})")
     rows[:0] = [
-        ("tiny GPT", f"{n_params / 1e6:.2f}M params, BPE vocab {tok.vocab_size}, {summary['step']} steps of "
-                     f"{recipe.train.batch_size * recipe.data.seq_len} tokens"),
-        ("tiny GPT validation loss", f"{vals[0]:.3f} → {vals[-1]:.3f} (perplexity {math.exp(vals[0]):.0f} → "
-                                     f"{math.exp(vals[-1]):.1f})"),
+        (
+            "tiny GPT",
+            f"{n_params / 1e6:.2f}M params, BPE vocab {tok.vocab_size}, {summary['step']} steps of "
+            f"{recipe.train.batch_size * recipe.data.seq_len} tokens",
+        ),
+        (
+            "tiny GPT validation loss",
+            f"{vals[0]:.3f} → {vals[-1]:.3f} (perplexity {math.exp(vals[0]):.0f} → {math.exp(vals[-1]):.1f})",
+        ),
         ("tiny GPT training", f"{speeds[len(speeds) // 2]:.0f} tokens/s median, {wall:.0f} s wall"),
     ]
 
@@ -76,8 +91,13 @@ def chat(console: Console, rows: list[tuple[str, str]]):
         console.print(piece, end="", highlight=False)
         n += 1
     console.print()
-    rows.append(("SmolLM2 chat", f"loaded in {load_s:.1f} s; {n} streamed pieces at "
-                                 f"{n / (time.perf_counter() - start):.1f}/s (greedy, fp32, KV cache)"))
+    rows.append(
+        (
+            "SmolLM2 chat",
+            f"loaded in {load_s:.1f} s; {n} streamed pieces at "
+            f"{n / (time.perf_counter() - start):.1f}/s (greedy, fp32, KV cache)",
+        )
+    )
     return engine
 
 
@@ -101,8 +121,9 @@ def pal(console: Console, rows: list[tuple[str, str]], engine, n_problems: int =
         console.print(shown, highlight=False)
         run = result.runs[0]
         outcome = "" if run is None or run.ok else f" ({run.error}: {run.message[:80]})"
-        console.print(f"→ {result.answer_text}{outcome}; gold {item['answer']}: "
-                      f"{'[green]correct' if ok else '[red]wrong'}\n")
+        console.print(
+            f"→ {result.answer_text}{outcome}; gold {item['answer']}: {'[green]correct' if ok else '[red]wrong'}\n"
+        )
     blocked = run_program(HOSTILE)
     console.print(f"hostile program → ok={blocked.ok}, error={blocked.error}: {blocked.message[:100]}")
     rows.append(("PAL with SmolLM2-135M", f"{correct}/{len(problems)} held-out problems correct (greedy, k=1)"))

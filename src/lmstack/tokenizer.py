@@ -65,17 +65,24 @@ class Tokenizer:
         show_progress: bool = False,
     ) -> Tokenizer:
         """Train a GPT-2-style byte-level BPE (no unknown tokens: every byte has an id)."""
-        specials = list(dict.fromkeys(
-            [t for t in DEFAULT_SPECIAL_TOKENS.values() if t] + CHAT_TOKENS
-            + [sentinel(i) for i in range(N_SENTINELS)] + list(extra_special_tokens)
-        ))
+        specials = list(
+            dict.fromkeys(
+                [t for t in DEFAULT_SPECIAL_TOKENS.values() if t]
+                + CHAT_TOKENS
+                + [sentinel(i) for i in range(N_SENTINELS)]
+                + list(extra_special_tokens)
+            )
+        )
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
         hf.post_processor = processors.ByteLevel(trim_offsets=False)
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress,
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
         )
         hf.train_from_iterator(texts, trainer=trainer)
         return cls(hf, DEFAULT_SPECIAL_TOKENS, CHATML_TEMPLATE)
@@ -181,9 +188,11 @@ class Tokenizer:
                 raise DataError(f"messages[{i}] must be a mapping with string 'role' and 'content', got {m!r}")
         try:
             return _compile_template(self.chat_template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
                 bos_token=self.special_tokens.get("bos_token") or "",
-                eos_token=self.special_tokens.get("eos_token") or "", **extra,
+                eos_token=self.special_tokens.get("eos_token") or "",
+                **extra,
             )
         except TemplateError as exc:
             raise DataError(f"chat template failed: {exc}") from exc

@@ -1,13 +1,16 @@
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 from lmstack.errors import ConfigError, DataError
 from lmstack.generate.engine import Engine
 from lmstack.generate.fast import FastDecoder, PackedLinear, quantize_int4, quantize_int8
 from lmstack.generate.sampling import GenerationConfig, generate
+from lmstack.models import DecoderLM, model_config
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13], [3], [20, 21, 22, 23]]
 CONFIGS = {
@@ -18,8 +21,16 @@ CONFIGS = {
 
 
 def reference(model, prompt, cfg):
-    out = generate(model, torch.tensor([prompt]), cfg.max_new_tokens, temperature=cfg.temperature,
-                   top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed, repetition_penalty=cfg.repetition_penalty)
+    out = generate(
+        model,
+        torch.tensor([prompt]),
+        cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        repetition_penalty=cfg.repetition_penalty,
+    )
     return out[0].tolist()
 
 
@@ -107,8 +118,10 @@ def test_fast_modes_stay_close_to_fp32(model, mode):
     assert fast.weight_bytes < exact.weight_bytes * {"bf16": 0.6, "int8": 0.35, "int4": 0.3}[mode]
 
 
-needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
-                                    reason="torch.compile's CPU backend needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+    reason="torch.compile's CPU backend needs a C++ compiler",
+)
 
 
 def decode_logits(fast: FastDecoder, ids: torch.Tensor, steps: int) -> torch.Tensor:
@@ -141,6 +154,20 @@ def test_compiled_fast_modes_match_their_eager_mode(llama, mode):
     # the compiled GEMV multiplies fp32 activations by the stored weights; the eager int/bf16 kernels first
     # round the activations to bf16, so the two differ by that rounding only
     assert torch.cosine_similarity(a, b).min().item() > 0.999
+
+
+@needs_compiler
+def test_refresh_keeps_the_compiled_decode_step(llama):
+    compiled = Engine(llama, compile=True)
+    cfg = CONFIGS["greedy"]
+    before = [c.token_ids for c in compiled.generate_ids(PROMPTS[:1], cfg)]  # compiles the batch-1 step
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs > 0
+    optimizer_step(llama)
+    compiled.refresh()
+    got = [c.token_ids for c in compiled.generate_ids(PROMPTS[:1], cfg)]
+    assert got == [c.token_ids for c in Engine(llama).generate_ids(PROMPTS[:1], cfg)] != before
+    assert counters["stats"]["unique_graphs"] == graphs  # refreshed, not recompiled
 
 
 def test_int8_quantisation_error_is_bounded():
@@ -189,8 +216,17 @@ def test_unpackable_layers_fall_back_to_the_models_forward(tokenizer):
     from lmstack.generate.fast import ModelForward
     from lmstack.models import DecoderLM, model_config
 
-    cfg = model_config("llama-tiny", vocab_size=tokenizer.vocab_size, d_model=64, n_layers=2, n_heads=4,
-                       n_kv_heads=2, d_ff=96, max_seq_len=128, bitnet=True)
+    cfg = model_config(
+        "llama-tiny",
+        vocab_size=tokenizer.vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=96,
+        max_seq_len=128,
+        bitnet=True,
+    )
     bitnet = DecoderLM(cfg).eval()
     engine = Engine(bitnet, tokenizer)
     assert isinstance(engine.fast, ModelForward)
@@ -199,3 +235,150 @@ def test_unpackable_layers_fall_back_to_the_models_forward(tokenizer):
     assert batch == [reference(bitnet, p, cfg_gen) for p in PROMPTS]
     with pytest.raises(ConfigError, match="nn.Linear"):
         Engine(bitnet, mode="int8")
+
+
+# ----------------------------------------------------------------------------- seams for RL and prompt tuning
+
+
+def optimizer_step(model, lr=1e-2):
+    """One AdamW step of next-token loss on random tokens: every weight moves."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
+    logits = model(ids)
+    F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def outputs(engine, cfg):
+    return [(c.sampled_ids, c.logprobs) for c in engine.generate_ids(PROMPTS, replace(cfg, logprobs=True))]
+
+
+@pytest.mark.parametrize("name", ["greedy", "sampled"])
+def test_live_mode_and_refresh_follow_an_optimizer_step(model, name):
+    cfg = CONFIGS[name]
+    live, packed = Engine(model, mode="live"), Engine(model)
+    before = outputs(packed, cfg)
+    optimizer_step(model)
+    fresh = outputs(Engine(model), cfg)
+    assert [t for t, _ in fresh] != [t for t, _ in before]  # the step changed what gets sampled
+    assert outputs(packed, cfg) != fresh  # the packed copy is stale until refreshed
+    packed.refresh()
+    assert outputs(packed, cfg) == fresh
+    now = outputs(live, cfg)
+    assert [t for t, _ in now] == [t for t, _ in fresh]
+    for (_, a), (_, b) in zip(now, fresh):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+def test_refresh_repacks_every_mode_like_a_new_engine(llama, mode):
+    cfg = CONFIGS["greedy"]
+    engine = Engine(llama, mode=mode)
+    optimizer_step(llama)
+    fresh = outputs(Engine(llama, mode=mode), cfg)
+    assert outputs(engine, cfg) != fresh
+    engine.refresh()
+    assert outputs(engine, cfg) == fresh
+
+
+@pytest.mark.parametrize("mode", ["fp32", "live"])
+@pytest.mark.parametrize("training", [True, False])
+def test_the_engine_leaves_the_models_train_eval_mode_alone(model, mode, training):
+    model.train(training)
+    engine = Engine(model, mode=mode)
+    engine.generate_ids(PROMPTS, replace(CONFIGS["sampled"], logprobs=True))
+    engine.refresh()
+    assert all(m.training is training for m in model.modules())
+
+
+def test_packed_modes_never_apply_dropout_live_mode_follows_the_model(tokenizer):
+    torch.manual_seed(0)
+    cfg = model_config(
+        "gpt-tiny",
+        vocab_size=tokenizer.vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_ff=96,
+        max_seq_len=128,
+        dropout=0.5,
+    )
+    model = DecoderLM(cfg).eval()
+    gen = replace(CONFIGS["greedy"], logprobs=True)
+    want = [c.logprobs for c in Engine(model).generate_ids(PROMPTS, gen)]
+    model.train()
+    assert [c.logprobs for c in Engine(model).generate_ids(PROMPTS, gen)] == want
+    assert [c.logprobs for c in Engine(model, mode="live").generate_ids(PROMPTS, gen)] != want
+    model.eval()
+    live = [c.logprobs for c in Engine(model, mode="live").generate_ids(PROMPTS, gen)]
+    assert all(torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5) for a, b in zip(live, want))
+
+
+@pytest.mark.parametrize("mode", ["fp32", "live"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_logprobs_are_log_softmax_of_the_models_raw_logits(model, mode, name):
+    """Rescore prompt + sampled tokens with one plain forward: the engine's log-probs are the model's, before
+    temperature, top-k/top-p and repetition penalty; a row that stopped keeps its stop token and log-prob."""
+    engine = Engine(model, mode=mode)
+    free = engine.generate_ids(PROMPTS, CONFIGS[name])
+    stop = free[1].token_ids[3]
+    out = engine.generate_ids(PROMPTS, replace(CONFIGS[name], logprobs=True, stop_token_ids=[stop]))
+    assert out[1].sampled_ids[-1] == stop and out[1].token_ids == out[1].sampled_ids[:-1]
+    assert out[1].finish_reason == "stop"
+    for prompt, c in zip(PROMPTS, out):
+        assert c.sampled_ids[: len(c.token_ids)] == c.token_ids and len(c.logprobs) == len(c.sampled_ids)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + c.sampled_ids]))[0, len(prompt) - 1 : -1]
+        want = torch.log_softmax(logits.float(), -1)[torch.arange(len(c.sampled_ids)), c.sampled_ids]
+        assert (torch.tensor(c.logprobs) - want).abs().max().item() <= 1e-5
+    assert all(c.logprobs is None for c in free)
+
+
+def test_decoder_takes_inputs_embeds(model):
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    embeds = model.embed.tokens(ids)
+    with torch.no_grad():
+        assert torch.equal(model(inputs_embeds=embeds), model(ids))
+        assert torch.equal(model(inputs_embeds=embeds, attention_mask=mask), model(ids, mask))
+    with pytest.raises(ValueError, match="exactly one"):
+        model(ids, inputs_embeds=embeds)
+
+
+@pytest.mark.parametrize("mode", ["fp32", "live"])
+@pytest.mark.parametrize("name", ["greedy", "sampled"])
+def test_embeddings_prefill_equals_token_prefill(model, mode, name):
+    engine = Engine(model, mode=mode)
+    cfg = replace(CONFIGS[name], logprobs=True)
+    with torch.no_grad():
+        embeds = [model.embed.tokens(torch.tensor(p)) for p in PROMPTS]
+    by_ids, by_embeds = engine.generate_ids(PROMPTS, cfg), engine.generate_embeds(embeds, cfg)
+    assert [(c.sampled_ids, c.logprobs, c.prompt_tokens) for c in by_embeds] == [
+        (c.sampled_ids, c.logprobs, c.prompt_tokens) for c in by_ids
+    ]
+
+
+@pytest.mark.parametrize("mode", ["fp32", "live"])
+def test_a_soft_prompt_prefix_steers_generation(model, mode):
+    engine = Engine(model, mode=mode)
+    cfg = CONFIGS["greedy"]
+    prefix = torch.randn(4, model.cfg.d_model, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    embeds = [torch.cat([prefix, model.embed.tokens(torch.tensor(p))]) for p in PROMPTS]
+    steered = [c.token_ids for c in engine.generate_embeds(embeds, cfg)]
+    assert steered != [c.token_ids for c in engine.generate_ids(PROMPTS, cfg)]
+    assert steered == [engine.generate_embeds([e], cfg)[0].token_ids for e in embeds]  # padding is masked
+    assert prefix.grad is None
+
+
+def test_bad_embedding_requests_raise(model):
+    engine = Engine(model)
+    with pytest.raises(DataError, match="one \\(tokens, 64\\) tensor"):
+        engine.generate_embeds([torch.zeros(3, 5)])
+    with pytest.raises(DataError, match="at least one"):
+        engine.generate_embeds([torch.zeros(0, 64)])
+    with pytest.raises(ConfigError, match="exactly one"):
+        list(engine.steps(PROMPTS, GenerationConfig(), inputs_embeds=[torch.zeros(2, 64)]))
+    with pytest.raises(ConfigError, match="live"):
+        Engine(model, mode="live", compile=True)

@@ -5,7 +5,7 @@ import torch
 
 from lmstack.generate.engine import Engine
 from lmstack.generate.fast import FastDecoder
-from lmstack.generate.sampling import GenerationConfig
+from lmstack.generate.sampling import GenerationConfig, generate
 
 pytestmark = pytest.mark.real_model
 
@@ -45,7 +45,7 @@ def test_batched_greedy_equals_one_by_one_and_reference(smollm):
     assert len({len(i) for i in ids}) == 3  # different lengths → left padding is exercised
     batch = [c.token_ids for c in engine.generate_ids(ids, cfg)]
     alone = [engine.generate_ids([i], cfg)[0].token_ids for i in ids]
-    ref = [model.generate(torch.tensor([i]), 24)[0].tolist() for i in ids]
+    ref = [generate(model, torch.tensor([i]), 24)[0].tolist() for i in ids]
     assert batch == alone == ref
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lmstack.errors import ConfigError
+from lmstack.generate.sampling import generate
 from lmstack.models import bitnet as bn
 from lmstack.models import build_model
 from lmstack.models.bitnet import (
@@ -28,9 +29,10 @@ from lmstack.models.bitnet import (
     ternarize,
     unpack_ternary,
 )
-from lmstack.train.loop import TrainConfig, train
+from lmstack.train.loop import train
 from lmstack.train.metrics import read_metrics
-from lmstack.train.optim import quant_strength, two_stage_factor, weight_decay_factor
+from lmstack.train.optim import two_stage_factor, weight_decay_factor
+from lmstack.train.quant_ramp import BitNetTrainConfig, quant_strength
 from lmstack.train.recipe import build_job, load_recipe
 from testutil import tiny_config
 
@@ -248,7 +250,7 @@ def test_packed_model_reproduces_the_training_model(preset):
     with torch.no_grad():
         assert torch.equal(packed(ids), model(ids))
     prompt = ids[:1, :5]
-    assert torch.equal(packed.generate(prompt, 8), model.generate(prompt, 8))
+    assert torch.equal(generate(packed, prompt, 8), generate(model, prompt, 8))
     layers = [m for m in packed.modules() if isinstance(m, PackedBitLinear)]
     sizes = linear_weight_bytes(packed)
     biases = sum(m.out_features for m in layers if m.bias is not None)
@@ -304,10 +306,9 @@ def test_quant_strength_schedule_starts_in_16_bits_and_ends_ternary():
     assert [quant_strength(s, 10, 0.5, 0.0) for s in range(10)] == [0.0] * 5 + [1.0] * 5
     assert [quant_strength(s, 10, 0.2, 0.4) for s in range(10)] == [0, 0, 0.25, 0.5, 0.75, 1, 1, 1, 1, 1]
     assert quant_strength(9, 10, 0.0, 1.0) == 1.0 and quant_strength(0, 10, 0.0, 0.0) == 1.0
-    for bad in ({"bitnet_quant_start": 1.0}, {"bitnet_quant_start": 0.6, "bitnet_quant_ramp": 0.5},
-                {"bitnet_quant_ramp": -0.1}):
-        with pytest.raises(ConfigError, match="bitnet_quant"):
-            TrainConfig(**bad)
+    for bad in ({"quant_start": 1.0}, {"quant_start": 0.6, "quant_ramp": 0.5}, {"quant_ramp": -0.1}):
+        with pytest.raises(ConfigError, match="bitnet.quant_start"):
+            BitNetTrainConfig(**bad)
 
 
 def test_quant_strength_interpolates_between_a_plain_linear_and_b1_58():
@@ -348,7 +349,7 @@ def test_16_to_1_58_bit_training_ends_fully_ternary(text_corpus, tmp_path):
         "data.val_fraction=0.2", "tokenizer.vocab_size=300", "model.d_model=32", "model.n_layers=2",
         "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=64", "train.steps=20", "train.batch_size=8",
         "train.eval_every=0", "train.warmup_steps=2", "train.save_every=0", "train.progress=false",
-        "train.log_every=1", "train.bitnet_quant_start=0.5", "train.bitnet_quant_ramp=0.25",
+        "train.log_every=1", "bitnet.quant_start=0.5", "bitnet.quant_ramp=0.25",
     ]
     recipe = load_recipe("recipes/pretrain_bitnet_tiny.yaml", overrides)
     job, _ = build_job(recipe, tmp_path, log=lambda m: None)
@@ -365,7 +366,9 @@ def test_16_to_1_58_bit_training_ends_fully_ternary(text_corpus, tmp_path):
     with torch.no_grad():
         assert torch.equal(packed(ids), job.model.eval()(ids))
 
-    fp = load_recipe("recipes/pretrain_bitnet_tiny.yaml", [*overrides, "model.bitnet=false"])
-    fp_job, _ = build_job(fp, tmp_path / "fp", log=lambda m: None)
-    with pytest.raises(ConfigError, match="model.bitnet=true"):
-        train(fp_job, fp.train, tmp_path / "fp", log=lambda m: None)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    ramps = [(r["step"], r["quant_strength"]) for r in records if "quant_strength" in r]
+    assert ramps == [(1, 0.0), (11, 0.2), (12, 0.4), (13, 0.6), (14, 0.8), (15, 1.0)]
+    assert job.callbacks[0].flag_flips == 2  # exact b1.58 off at step 1, on again at step 15
+    with pytest.raises(ConfigError, match="model.bitnet=true"):  # refused when the recipe is read
+        load_recipe("recipes/pretrain_bitnet_tiny.yaml", [*overrides, "model.bitnet=false"])

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from lmstack.generate.sampling import generate
 from lmstack.models import DecoderLM, EncoderModel, Seq2SeqLM, pool
 from lmstack.models.blocks import KVCache, RotaryEmbedding, apply_rope, build_attention_mask, sinusoidal_table
 from testutil import tiny_config
@@ -68,8 +69,8 @@ def test_kv_cache_matches_full_forward(preset):
 def test_greedy_generation_with_cache_equals_without(preset):
     model = DecoderLM(tiny_config(preset)).eval()
     prompt = torch.randint(0, 97, (2, 5))
-    with_cache = model.generate(prompt, 20, use_cache=True)
-    without = model.generate(prompt, 20, use_cache=False)
+    with_cache = generate(model, prompt, 20, use_cache=True)
+    without = generate(model, prompt, 20, use_cache=False)
     assert with_cache.shape == (2, 20)
     assert torch.equal(with_cache, without)
 

@@ -22,13 +22,14 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for testutil
 
 from lmstack.config import to_dict  # noqa: E402
+from lmstack.fileio import write_json  # noqa: E402
 from lmstack.models import DecoderLM  # noqa: E402
 from lmstack.train.loop import TrainConfig, TrainingJob, train  # noqa: E402
 from lmstack.train.objectives import causal_lm_loss  # noqa: E402
-from lmstack.weights.checkpoint import write_json  # noqa: E402
 from testutil import tiny_config  # noqa: E402
 
 STEPS = 20
+RANK_THREADS = 1  # intra-op threads of each rank; in-process runs compared with the ranks use the same
 VARIANTS = {  # run name → TrainConfig overrides
     "ddp": {"strategy": "ddp"},
     "zero1": {"strategy": "zero1"},
@@ -98,7 +99,8 @@ def full_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def sync_checks(rank: int) -> dict:
     """Gradients stay local on non-last micro-steps and are reduced on the last (DDP and FSDP)."""
-    from lmstack.train.distributed import DistContext, build_parallel_optimizer, prepare_model
+    from lmstack.process_group import DistContext
+    from lmstack.train.distributed import prepare_model
 
     ctx = DistContext(rank, 2, rank, 2, torch.device("cpu"), initialized=True)
     out = {}
@@ -106,7 +108,7 @@ def sync_checks(rank: int) -> dict:
         job = toy_job()
         cfg = config(strategy=strategy, grad_accum=4)  # 2 micro-steps per rank
         parallel = prepare_model(job.model, cfg, ctx, torch.device("cpu"), None)
-        build_parallel_optimizer(parallel, cfg)
+        parallel.build_optimizer(cfg)
         batch = parallel.local_batch(job.train_batch(0))
         micro = [{k: v[i * 2 : (i + 1) * 2] for k, v in batch.items()} for i in range(2)]
         param = parallel.module.layers[0].attn.o_proj.weight
@@ -125,14 +127,15 @@ def sync_checks(rank: int) -> dict:
 
 
 def suite_rank(rank: int, out: str, single_run: str) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(RANK_THREADS)
     out_dir = Path(out).resolve()
     dist.init_process_group("gloo", init_method=f"file://{out_dir / 'pg'}", rank=rank, world_size=2)
     quiet = lambda m: None  # noqa: E731
     results = {"sync": sync_checks(rank)}
 
     # meta-device initialisation: each rank materialises only its shards, the same values as one process
-    from lmstack.train.distributed import DistContext, prepare_model
+    from lmstack.process_group import DistContext
+    from lmstack.train.distributed import prepare_model
 
     ctx = DistContext(rank, 2, rank, 2, torch.device("cpu"), initialized=True)
     job = toy_job(meta=True)
@@ -164,7 +167,7 @@ def suite_rank(rank: int, out: str, single_run: str) -> None:
 
 def recipe_rank(kill: str, recipe_path: str, overrides: list[str]) -> None:
     """One rank of a recipe run, as torchrun would start it (RANK, WORLD_SIZE, MASTER_ADDR/PORT set)."""
-    from lmstack.train.distributed import barrier, setup_distributed, teardown_distributed
+    from lmstack.process_group import barrier, setup_distributed, teardown_distributed
     from lmstack.train.recipe import build_job, load_recipe
 
     recipe = load_recipe(recipe_path, overrides)

@@ -2,28 +2,15 @@ import json
 import math
 
 import pytest
-import torch
 
 from lmstack.models import DecoderLM
-from lmstack.train.loop import TrainConfig, TrainingJob, train
+from lmstack.train.loop import TrainConfig, train
 from lmstack.train.metrics import plot_metrics, read_metrics
-from lmstack.train.objectives import causal_lm_loss
 from lmstack.train.optim import lr_factor, param_groups
 from lmstack.train.recipe import build_job, load_recipe
-from testutil import tiny_config
+from testutil import tiny_config, toy_lm_job
 
-
-def toy_job(seed: int = 0) -> TrainingJob:
-    torch.manual_seed(seed)
-    model = DecoderLM(tiny_config("gpt-tiny"))
-    starts = torch.randint(0, 97, (64, 1), generator=torch.Generator().manual_seed(1))
-    data = (starts + 3 * torch.arange(17)) % 97  # learnable: each token determines the next
-
-    def batch(step):
-        rows = data[(step * 8) % 64 : (step * 8) % 64 + 8]
-        return {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
-
-    return TrainingJob(model, causal_lm_loss, batch, lambda: [batch(0)])
+toy_job = toy_lm_job
 
 
 def config(**kw) -> TrainConfig:

@@ -10,8 +10,10 @@ from lmstack.errors import CheckpointError
 from lmstack.models.bitnet import PACKING_BASE3, BitLinear, PackedBitLinear, bitnet_state, linear_weight_bytes
 from lmstack.train.loop import train
 from lmstack.train.recipe import build_job, load_recipe
-from lmstack.weights.bitnet_export import export_bitnet, prepare_packed, quantization_entry
-from lmstack.weights.checkpoint import load_model_for_inference, verify_checkpoint
+from lmstack.weights.bitnet_export import export_bitnet
+from lmstack.weights.checkpoint import verify_checkpoint
+from lmstack.weights.load import load_model_for_inference
+from lmstack.weights.packed import prepare_packed, quantization_entry
 
 TINY = [
     "data.source=files", "data.seq_len=32", "data.val_fraction=0.2", "tokenizer.vocab_size=300",
@@ -66,15 +68,15 @@ def test_quantize_cli_writes_a_packed_checkpoint_that_loads_and_matches(bitnet_r
     assert (out / "model.safetensors").stat().st_size < source_bytes
 
 
-def test_sample_runs_on_the_packed_checkpoint(bitnet_run, tmp_path, capsys):
+def test_generate_runs_on_the_packed_checkpoint(bitnet_run, tmp_path, capsys):
     out = tmp_path / "packed"
     export_bitnet(bitnet_run, out)
     capsys.readouterr()
     greedy = ["--prompt", "alpha", "--max-new-tokens", "5", "--temperature", "0"]
-    assert main(["sample", str(out), *greedy]) == 0
+    assert main(["generate", "--model", str(out), *greedy]) == 0
     packed_text = capsys.readouterr().out
-    assert main(["sample", str(bitnet_run), *greedy]) == 0
-    assert packed_text == capsys.readouterr().out and packed_text.startswith("alpha")
+    assert main(["generate", "--model", str(bitnet_run), *greedy]) == 0
+    assert packed_text == capsys.readouterr().out and packed_text.endswith("\n")  # same greedy continuation
 
 
 def test_load_pretrained_reads_packed_checkpoints(bitnet_run, tmp_path):

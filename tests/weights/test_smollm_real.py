@@ -5,6 +5,7 @@ import unicodedata
 import pytest
 import torch
 
+from lmstack.generate.sampling import generate
 from lmstack.weights.gguf import permute_qk
 
 pytestmark = pytest.mark.real_model
@@ -58,7 +59,7 @@ def test_greedy_continuation_matches_transformers(smollm, hf_smollm):
     model, tok = smollm
     ids = torch.tensor([tok.encode(LIST_PROMPT)])
     with torch.no_grad():
-        ours = model.generate(ids, 32)
+        ours = generate(model, ids, 32)
         theirs = hf_smollm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
                                     do_sample=False, pad_token_id=2)[:, ids.shape[1]:]
     assert ours.shape[1] == 32 and ours.tolist() == theirs.tolist()

@@ -24,10 +24,7 @@ EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests
 def stdlib_files() -> tuple[Path, list[Path]]:
     """(root, sorted .py files) of the standard library, without third-party packages."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [
-        p for p in root.rglob("*.py")
-        if not EXCLUDED_DIRS.intersection(p.relative_to(root).parts)
-    ]
+    files = [p for p in root.rglob("*.py") if not EXCLUDED_DIRS.intersection(p.relative_to(root).parts)]
     return root, sorted(files)
 
 

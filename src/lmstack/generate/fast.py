@@ -15,7 +15,10 @@ with the projection weights in one of four formats:
 
 The int8/int4 kernels are CPU kernels and take bfloat16 activations (their fast path); embeddings,
 norms, the residual stream, attention and the KV cache stay fp32 in every mode. Every mode holds its own
-copy of the projection weights (fp32: one more fp32 copy).
+copy of the projection weights (fp32: one more fp32 copy), taken when it is built: after an optimizer step
+call `refresh()` to re-pack them (embeddings and norms are read from the model's parameters). The packed
+path never applies dropout, whatever the model's train/eval mode. `ModelForward` is the live alternative:
+it runs the model's own modules, so it always sees the current weights (and follows the model's mode).
 
 `compile=True` (opt-in; needs a C++ compiler; the first decode step compiles for a few seconds) runs each
 single-token decode step through `torch.compile`, with the batch-1 projections, the output head and the
@@ -40,6 +43,7 @@ from torch import Tensor, nn
 from lmstack.errors import ConfigError
 from lmstack.models.blocks import KVCache
 from lmstack.models.decoder import DecoderLM
+from lmstack.models.fused import FusedLinear
 
 Mode = Literal["fp32", "bf16", "int8", "int4"]
 MODES: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
@@ -70,8 +74,10 @@ def quantize_int4(w: Tensor, group: int = INT4_GROUP) -> tuple[Tensor, Tensor, T
 
 def _prepack_int8_dynamic(weight: Tensor) -> Any:
     """fbgemm's packed int8 weight (per-row scales) for `quantized.linear_dynamic`; None if unavailable."""
-    if "fbgemm" not in torch.backends.quantized.supported_engines and \
-            "x86" not in torch.backends.quantized.supported_engines:
+    if (
+        "fbgemm" not in torch.backends.quantized.supported_engines
+        and "x86" not in torch.backends.quantized.supported_engines
+    ):
         return None
     q, scale = quantize_int8(weight)
     try:
@@ -166,7 +172,22 @@ class PackedLinear:
             raise ConfigError(f"unknown weight mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode != "int8dyn":
             self.nbytes = self.weight.numel() * self.weight.element_size() + (
-                0 if self.scale is None else self.scale.numel() * self.scale.element_size())
+                0 if self.scale is None else self.scale.numel() * self.scale.element_size()
+            )
+
+    def load_(self, weight: Tensor, bias: Tensor | None) -> None:
+        """Re-pack from new values of the same-shaped weight (e.g. after an optimizer step), overwriting the
+        packed tensors in place: no new allocation, and compiled decode steps are reused as they are."""
+        weight = weight.detach()
+        self.bias = None if bias is None else bias.detach().float()
+        if self.mode in ("fp32", "fp32rows", "bf16"):
+            self.weight.copy_(weight.t() if self.mode == "fp32" else weight)  # copy_ converts the dtype
+        elif self.mode == "int8dyn":
+            self.weight = _prepack_int8_dynamic(weight)  # an opaque fbgemm object, never compiled
+        else:
+            fresh = PackedLinear(weight, None, self.mode)
+            self.weight.copy_(fresh.weight)
+            self.scale.copy_(fresh.scale)
 
     def __call__(self, x: Tensor) -> Tensor:
         return packed_linear(self.mode, x, self.weight, self.scale, self.bias)
@@ -176,13 +197,30 @@ class PackedLinear:
         return self.weight, self.scale, self.bias
 
 
-
 def _norm_tensors(module: nn.Module) -> tuple[Tensor, Tensor | None]:
-    return module.weight.detach(), getattr(module, "bias", None)
+    bias = getattr(module, "bias", None)
+    return module.weight.detach(), None if bias is None else bias.detach()
+
+
+def _projections(block: nn.Module) -> tuple[nn.Module, ...]:
+    return block.attn.qkv_proj, block.attn.o_proj, block.mlp.up_proj, block.mlp.down_proj
+
+
+def _layer_tensors(block: nn.Module, lins: list[PackedLinear]) -> tuple[Tensor | None, ...]:
+    """(norm1 w, b, qkv w, s, b, o w, s, b, norm2 w, b, up w, s, b, down w, s, b): what `_layer` reads."""
+    return (
+        *_norm_tensors(block.attn_norm),
+        *lins[0].tensors,
+        *lins[1].tensors,
+        *_norm_tensors(block.mlp_norm),
+        *lins[2].tensors,
+        *lins[3].tensors,
+    )
 
 
 class FastDecoder:
-    """`FastDecoder(model, mode)(input_ids, positions, cache, mask, is_causal, last_only)` → fp32 logits."""
+    """`FastDecoder(model, mode)(input_ids, positions, cache, mask, is_causal, last_only)` → fp32 logits;
+    `refresh()` re-packs the weights after the model's parameters changed."""
 
     packs_weights = True
 
@@ -195,11 +233,12 @@ class FastDecoder:
             raise ConfigError("FastDecoder supports pre-norm decoders only; use the model's own forward")
         if mode in ("int8", "int4") and model.embed.tokens.weight.device.type != "cpu":
             raise ConfigError(f"mode {mode!r} uses CPU kernels; on {model.embed.tokens.weight.device} use fp32 or bf16")
-        plain = [type(m) is nn.Linear for b in model.layers
-                 for m in (b.attn.qkv_proj, b.attn.o_proj, b.mlp.up_proj, b.mlp.down_proj)]
+        plain = [type(m) in (nn.Linear, FusedLinear) for b in model.layers for m in _projections(b)]
         if not all(plain) or type(model.lm_head) is not nn.Linear:
-            raise ConfigError("FastDecoder packs plain nn.Linear projections only (this model has other layer "
-                              "kinds, e.g. BitNet); use the model's own forward")
+            raise ConfigError(
+                "FastDecoder packs plain nn.Linear projections only (this model has other layer "
+                "kinds, e.g. BitNet); use the model's own forward"
+            )
         self.model, self.cfg, self.mode, self.compiled = model, model.cfg, mode, compile
         # the compiled decode step reduces over the rows of (out, in) fp32 weights, not their transpose
         self.packing = packing = "fp32rows" if compile and mode == "fp32" else mode
@@ -207,16 +246,9 @@ class FastDecoder:
         self.h, self.kvh, self.hd, self.d = c.n_heads, c.kv_heads, c.head_dim, c.d_model
         self.rms, self.eps = c.norm == "rmsnorm", c.norm_eps
         self.gated, self.act_name = c.mlp in ("swiglu", "geglu"), c.mlp
-        self.linears: list[PackedLinear] = []
-        # per layer, a flat tuple of tensors: (norm1 w, b, qkv w, s, b, o w, s, b, norm2 w, b, up w, s, b, down w, s, b)
-        self.layers: list[tuple[Tensor | None, ...]] = []
-        for block in model.layers:
-            a, m = block.attn, block.mlp
-            projections = (a.qkv_proj, a.o_proj, m.up_proj, m.down_proj)
-            lins = [PackedLinear(lin.weight, lin.bias, packing) for lin in projections]
-            self.linears += lins
-            self.layers.append((*_norm_tensors(block.attn_norm), *lins[0].tensors, *lins[1].tensors,
-                                *_norm_tensors(block.mlp_norm), *lins[2].tensors, *lins[3].tensors))
+        self.linears = [PackedLinear(lin.weight, lin.bias, packing) for b in model.layers for lin in _projections(b)]
+        # per layer, a flat tuple of tensors (see `_layer_tensors`)
+        self.layers = [_layer_tensors(b, self.linears[4 * i : 4 * i + 4]) for i, b in enumerate(model.layers)]
         # The output head stays int8 in int4 mode: 4 bits there cost far more quality than in the blocks. It
         # runs through fbgemm's dynamic int8 GEMV (int8 activations too), several times faster here than
         # the weight-only int8 kernel on this 49152-row matrix.
@@ -237,10 +269,33 @@ class FastDecoder:
         norms = [t for layer in self.layers for i, t in enumerate(layer) if i in (0, 1, 8, 9) and t is not None]
         return n + sum(t.numel() * t.element_size() for t in norms)
 
+    def refresh(self) -> None:
+        """Re-pack the weights from the model's current parameters (after an optimizer step or a weight
+        load; same shapes). One pass over the weights (fp32: a transposed copy into the buffers it already
+        holds); compiled decode steps are kept, not recompiled."""
+        projections = [lin for b in self.model.layers for lin in _projections(b)]
+        for packed, lin in zip(self.linears, projections):
+            packed.load_(lin.weight, lin.bias)
+        self.layers = [_layer_tensors(b, self.linears[4 * i : 4 * i + 4]) for i, b in enumerate(self.model.layers)]
+        self.head.load_(self.model.lm_head.weight, None)
+        self.final_norm = _norm_tensors(self.model.norm)
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.model.embed.tokens.weight
         c = self.cfg
         return KVCache(c.n_layers, batch, c.kv_heads, max_len, c.head_dim, torch.float32, p.device)
+
+    def _embed(self, input_ids: Tensor | None, positions: Tensor, inputs_embeds: Tensor | None) -> Tensor:
+        """The model's embeddings without their dropout, whatever the model's train/eval mode."""
+        embed = self.model.embed
+        dropout = embed.dropout
+        if not (dropout.training and dropout.p > 0):
+            return embed(input_ids, positions, inputs_embeds=inputs_embeds)
+        dropout.training = False  # only this flag, only for this call: the caller's mode is put back
+        try:
+            return embed(input_ids, positions, inputs_embeds=inputs_embeds)
+        finally:
+            dropout.training = True
 
     def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         if self.rms:
@@ -256,8 +311,17 @@ class FastDecoder:
         return F.gelu(x) if name == "gelu" else F.gelu(x, approximate="tanh")
 
     def _layer(
-        self, x: Tensor, cos: Tensor | None, sin: Tensor | None, k_cache: Tensor, v_cache: Tensor, start: int,
-        mask: Tensor | None, is_causal: bool, p: tuple[Tensor | None, ...], decode: bool = False,
+        self,
+        x: Tensor,
+        cos: Tensor | None,
+        sin: Tensor | None,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        start: int,
+        mask: Tensor | None,
+        is_causal: bool,
+        p: tuple[Tensor | None, ...],
+        decode: bool = False,
     ) -> Tensor:
         """One block. `decode=True` (the compiled single-token step) uses the explicit reductions."""
         bsz, seq, _ = x.shape
@@ -276,9 +340,18 @@ class FastDecoder:
         if decode:
             out = decode_attention(qk[:, :, :h], keys, values, mask)
         else:
-            out = F.scaled_dot_product_attention(
-                qk[:, :, :h].transpose(1, 2), keys, values, attn_mask=mask, is_causal=is_causal, enable_gqa=kvh != h,
-            ).transpose(1, 2).reshape(bsz, seq, h * hd)
+            out = (
+                F.scaled_dot_product_attention(
+                    qk[:, :, :h].transpose(1, 2),
+                    keys,
+                    values,
+                    attn_mask=mask,
+                    is_causal=is_causal,
+                    enable_gqa=kvh != h,
+                )
+                .transpose(1, 2)
+                .reshape(bsz, seq, h * hd)
+            )
         x = x + linear(mode, out, p[5], p[6], p[7])
         u = linear(mode, self._norm(x, p[8], p[9]), p[10], p[11], p[12])
         if self.gated:
@@ -296,24 +369,26 @@ class FastDecoder:
 
     def __call__(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None,
         positions: Tensor,
         cache: KVCache,
         mask: Tensor | None = None,
         is_causal: bool = False,
         last_only: bool = True,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, V) of the last position (or (B, T, V)); writes keys/values at `cache.length` and
         advances it. `mask`: bool (B|1, 1, T, past+T), True = attend; None with `is_causal` for plain
-        causal prefill, None alone for single-token decoding without padding."""
-        seq = input_ids.shape[1]
+        causal prefill, None alone for single-token decoding without padding. `inputs_embeds` (B, T, d)
+        replaces `input_ids` (pass None for those)."""
+        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         start = cache.length
         if start + seq > cache.max_len:
             raise ValueError(f"KV cache is full: {start + seq} tokens > max_len {cache.max_len}")
         decode = self.compiled and seq == 1
         # compiled graphs are traced under no_grad: inference tensors would add guards and recompiles
         with torch.no_grad() if decode else torch.inference_mode():
-            x = self.model.embed(input_ids, positions)
+            x = self._embed(input_ids, positions, inputs_embeds)
             cos = sin = None
             if self.model.rope is not None:
                 cos = self.model.rope.cos[positions].unsqueeze(2)
@@ -328,13 +403,15 @@ class FastDecoder:
 
 
 class ModelForward:
-    """The same call interface over the model's own `forward`: the fallback for decoders `FastDecoder`
-    cannot pack (BitNet layers, post-norm). fp32 only; `key_mask` (B, past+T) replaces the 4-D mask."""
+    """The same call interface over the model's own modules: the "live" mode, which reads the current
+    parameters on every call (no copy, nothing to refresh after an optimizer step) and follows the model's
+    train/eval mode, and the fallback for decoders `FastDecoder` cannot pack (BitNet layers, post-norm).
+    Runs in the model's dtype under no_grad; `key_mask` (B, past+T) replaces the 4-D mask."""
 
     packs_weights = False
 
     def __init__(self, model: DecoderLM) -> None:
-        self.model, self.cfg, self.mode = model, model.cfg, "fp32"
+        self.model, self.cfg, self.mode = model, model.cfg, "live"
 
     @property
     def weight_bytes(self) -> int:
@@ -343,10 +420,17 @@ class ModelForward:
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return self.model.new_cache(batch, max_len)
 
-    @torch.inference_mode()
+    # no_grad rather than inference_mode: nothing made here (a module's cached tensors included) may later
+    # be refused by autograd when the same model trains
+    @torch.no_grad()
     def __call__(
-        self, input_ids: Tensor, positions: Tensor, cache: KVCache, key_mask: Tensor | None = None,
+        self,
+        input_ids: Tensor | None,
+        positions: Tensor,
+        cache: KVCache,
+        key_mask: Tensor | None = None,
         last_only: bool = True,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
-        x = self.model.hidden_states(input_ids, key_mask, positions, cache)
+        x = self.model.hidden_states(input_ids, key_mask, positions, cache, inputs_embeds=inputs_embeds)
         return self.model.lm_head(x[:, -1] if last_only else x).float()

@@ -29,6 +29,9 @@ class GenerationConfig:
     stop_token_ids: Sequence[int] = ()  # in addition to the tokenizer's eos
     ignore_eos: bool = False
     seed: int | None = None
+    # record each sampled token's log-probability (`Completion.logprobs`, see `token_logprobs`); off by default
+    # because a log_softmax over the whole vocabulary per token is measurable at small-batch CPU decode speed
+    logprobs: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -53,6 +56,13 @@ def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Te
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalised, logits)
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log_softmax(logits) at `tokens`, in fp32: logits (..., V), tokens (...) → (...). Given the model's raw
+    logits, this is the policy log-probability RL ratios and KL terms need: before temperature, top-k/top-p
+    and repetition penalty, which only shape how the engine draws."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def filter_logits(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -86,8 +96,7 @@ def sample_next(
     probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
     if generator is None or isinstance(generator, torch.Generator):
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g).squeeze(-1)
-                      for i, g in enumerate(generator)])
+    return torch.cat([torch.multinomial(probs[i : i + 1], 1, generator=g).squeeze(-1) for i, g in enumerate(generator)])
 
 
 def row_generators(bsz: int, seed: int | None, device: torch.device | str) -> list[torch.Generator] | None:
@@ -126,8 +135,11 @@ def generate(
     model.eval()
     bsz, prompt_len = input_ids.shape
     generators = row_generators(bsz, seed, input_ids.device)
-    stops = torch.tensor(sorted({*stop_token_ids, *([eos_token_id] if eos_token_id is not None else [])}),
-                         dtype=torch.long, device=input_ids.device)
+    stops = torch.tensor(
+        sorted({*stop_token_ids, *([eos_token_id] if eos_token_id is not None else [])}),
+        dtype=torch.long,
+        device=input_ids.device,
+    )
     fill = eos_token_id if eos_token_id is not None else (int(stop_token_ids[0]) if len(stop_token_ids) else 0)
     seen = seen_tokens(input_ids, attention_mask, model.cfg.vocab_size) if repetition_penalty != 1.0 else None
     mask = attention_mask

@@ -14,6 +14,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 __all__ = [
-    "PRESETS", "DecoderLM", "EncoderModel", "ModelConfig", "Seq2SeqLM", "build_model", "model_config",
-    "model_config_from_dict", "pool",
+    "PRESETS",
+    "DecoderLM",
+    "EncoderModel",
+    "ModelConfig",
+    "Seq2SeqLM",
+    "build_model",
+    "model_config",
+    "model_config_from_dict",
+    "pool",
 ]

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmstack.errors import CheckpointError
+from lmstack.models.fused import FusedLinear, check_splits
+from lmstack.models.norms import RMSNorm
 
 EPS = 1e-5  # floor of both scales' denominators: an all-zero weight or token stays zero instead of NaN
 ACT_MAX = 127.0  # int8 activations: round(x · 127 / max|x|) lies in [-127, 127]; clamp to [-128, 127]
@@ -110,24 +112,7 @@ class _TernaryLinearFn(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
-def _check_splits(splits: tuple[int, ...] | None, out_features: int) -> tuple[int, ...] | None:
-    """Normalised `splits`: None for one part; else positive part sizes that add up to `out_features`."""
-    if splits is None or len(splits) <= 1:
-        if splits and splits[0] != out_features:
-            raise ValueError(f"splits {tuple(splits)} must add up to out_features={out_features}")
-        return None
-    if any(int(n) <= 0 for n in splits) or sum(splits) != out_features:
-        raise ValueError(f"splits {tuple(splits)} must be positive and add up to out_features={out_features}")
-    return tuple(int(n) for n in splits)
-
-
-def _rms_norm(dim: int, eps: float) -> nn.Module:
-    from lmstack.models.blocks import RMSNorm  # late import: blocks imports this module lazily too
-
-    return RMSNorm(dim, eps)
-
-
-class BitLinear(nn.Linear):
+class BitLinear(FusedLinear):
     """A drop-in `nn.Linear` (same `weight`/`bias` names, same init) that trains a BitNet b1.58 layer.
 
     `weight` holds the latent full-precision weights; `norm` is the SubLN RMSNorm applied to the input
@@ -135,12 +120,15 @@ class BitLinear(nn.Linear):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = False, norm_eps: float = 1e-5,
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        norm_eps: float = 1e-5,
         splits: tuple[int, ...] | None = None,
     ) -> None:
-        super().__init__(in_features, out_features, bias=bias)
-        self.norm = _rms_norm(in_features, norm_eps)
-        self.splits = _check_splits(splits, out_features)
+        super().__init__(in_features, out_features, bias=bias, splits=splits)
+        self.norm = RMSNorm(in_features, norm_eps)
         # quantization strength λ (see `set_quant_strength`): 1 = b1.58; below 1 during a 16-bit phase
         self.register_buffer("quant_strength", torch.ones(()), persistent=False)
         self.fully_quantized = True  # λ == 1: the exact integer path that the packed layer reproduces
@@ -240,17 +228,23 @@ class PackedBitLinear(nn.Module):
     forward."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = False, norm_eps: float = 1e-5,
-        cache_int8: bool = True, splits: tuple[int, ...] | None = None, packing: str = PACKING,
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        norm_eps: float = 1e-5,
+        cache_int8: bool = True,
+        splits: tuple[int, ...] | None = None,
+        packing: str = PACKING,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.cache_int8, self.packing = cache_int8, packing
-        self.splits = _check_splits(splits, out_features)
+        self.splits = check_splits(splits, out_features)
         packed = torch.zeros(out_features, -(-in_features // _check_packing(packing)), dtype=torch.uint8)
         self.register_buffer("weight_packed", packed)
         self.register_buffer("weight_scale", torch.ones(1 if self.splits is None else len(self.splits)))
-        self.norm = _rms_norm(in_features, norm_eps)
+        self.norm = RMSNorm(in_features, norm_eps)
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._codes: Tensor | None = None
         self._codes_key: tuple | None = None
@@ -259,8 +253,15 @@ class PackedBitLinear(nn.Module):
 
     @classmethod
     def from_bitlinear(cls, layer: BitLinear, cache_int8: bool = True, packing: str = PACKING) -> PackedBitLinear:
-        out = cls(layer.in_features, layer.out_features, layer.bias is not None, layer.norm.eps, cache_int8,
-                  layer.splits, packing)
+        out = cls(
+            layer.in_features,
+            layer.out_features,
+            layer.bias is not None,
+            layer.norm.eps,
+            cache_int8,
+            layer.splits,
+            packing,
+        )
         codes, gamma = ternarize(layer.weight, layer.splits)
         out.weight_packed.copy_(pack_ternary(codes, packing))
         out.weight_scale.copy_(gamma)

@@ -13,44 +13,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmstack.models.bitnet import BitLinear
 from lmstack.models.config import ModelConfig
+from lmstack.models.fused import FusedLinear, check_splits
+from lmstack.models.norms import RMSNorm, make_norm
 
 
 def linear(
     cfg: ModelConfig, d_in: int, d_out: int, bias: bool | None = None, splits: tuple[int, ...] | None = None
 ) -> nn.Module:
     """Every linear layer of a block is made here, so that a model-wide switch can swap its kind. `splits`:
-    output sizes of the parts a fused projection stands for (q/k/v, gate/up); BitNet scales each apart."""
+    output sizes of the parts a fused projection stands for (q/k/v, gate/up): such a layer is a `FusedLinear`
+    (or a `BitLinear`, which scales each part apart) and exposes them as `.splits`."""
     bias = cfg.bias if bias is None else bias
     if cfg.bitnet:  # BitNet b1.58 ternary layers; embeddings and lm_head are built elsewhere, full precision
-        from lmstack.models.bitnet import BitLinear
-
         return BitLinear(d_in, d_out, bias=bias, norm_eps=cfg.norm_eps, splits=splits)
+    if check_splits(splits, d_out) is not None:
+        return FusedLinear(d_in, d_out, bias=bias, splits=splits)
     return nn.Linear(d_in, d_out, bias=bias)
-
-
-# ----------------------------------------------------------------------------- norms
-
-
-class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama, T5): no mean subtraction, no bias. Computed in fp32 like HF."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
 
 # ----------------------------------------------------------------------------- positions
@@ -105,15 +85,25 @@ class Embeddings(nn.Module):
         self.norm = make_norm(cfg) if cfg.embedding_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, input_ids: Tensor, positions: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        x = self.tokens(input_ids)
+    def forward(
+        self,
+        input_ids: Tensor | None,
+        positions: Tensor,
+        token_type_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+    ) -> Tensor:
+        """`inputs_embeds` (B, T, d) replaces the token lookup (soft prompts, prompt tuning); positions and
+        token types are still added, as in HF. Give exactly one of `input_ids` and `inputs_embeds`."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x = self.tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if self.positions is not None:
             x = x + self.positions(positions)
         elif self.cfg.position == "sinusoidal":
             x = x + self.sinusoid[positions].to(x.dtype)
         if self.token_types is not None:
             if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
+                token_type_ids = torch.zeros(x.shape[:2], dtype=torch.long, device=x.device)
             x = x + self.token_types(token_type_ids)
         if self.norm is not None:
             x = self.norm(x)
@@ -163,8 +153,14 @@ class KVCache:
     """
 
     def __init__(
-        self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
-        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+        self,
+        n_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> None:
         shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
@@ -237,7 +233,11 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer_idx, k, v)
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
@@ -260,8 +260,9 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.mlp in ("swiglu", "geglu")
         self.act = _ACTIVATIONS[cfg.mlp]
-        self.up_proj = linear(cfg, cfg.d_model, (2 if self.gated else 1) * cfg.d_ff,
-                              splits=(cfg.d_ff, cfg.d_ff) if self.gated else None)
+        self.up_proj = linear(
+            cfg, cfg.d_model, (2 if self.gated else 1) * cfg.d_ff, splits=(cfg.d_ff, cfg.d_ff) if self.gated else None
+        )
         self.down_proj = linear(cfg, cfg.d_ff, cfg.d_model)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -70,8 +70,15 @@ class ModelConfig:
 _GPT2 = dict(family="decoder", norm="layernorm", mlp="gelu_tanh", position="learned", bias=True, norm_eps=1e-5)
 _LLAMA = dict(family="decoder", norm="rmsnorm", mlp="swiglu", position="rope", bias=False, norm_eps=1e-5)
 _BERT = dict(
-    family="encoder", norm="layernorm", mlp="gelu", position="learned", bias=True, pre_norm=False,
-    embedding_norm=True, type_vocab_size=2, norm_eps=1e-12,
+    family="encoder",
+    norm="layernorm",
+    mlp="gelu",
+    position="learned",
+    bias=True,
+    pre_norm=False,
+    embedding_norm=True,
+    type_vocab_size=2,
+    norm_eps=1e-12,
 )
 _T5 = dict(family="seq2seq", norm="rmsnorm", mlp="geglu", position="rope", bias=False, norm_eps=1e-6)
 _BART = dict(family="seq2seq", norm="layernorm", mlp="gelu", position="learned", bias=True, embedding_norm=True)
@@ -80,17 +87,40 @@ PRESETS: dict[str, dict[str, Any]] = {
     # real shapes
     "gpt2-124m": dict(_GPT2, vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_seq_len=1024),
     "smollm2-135m": dict(
-        _LLAMA, vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, d_ff=1536,
-        max_seq_len=8192, rope_theta=100000.0, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        _LLAMA,
+        vocab_size=49152,
+        d_model=576,
+        n_layers=30,
+        n_heads=9,
+        n_kv_heads=3,
+        d_ff=1536,
+        max_seq_len=8192,
+        rope_theta=100000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     ),
     "minilm-l6": dict(
-        _BERT, vocab_size=30522, d_model=384, n_layers=6, n_heads=12, d_ff=1536, max_seq_len=512,
+        _BERT,
+        vocab_size=30522,
+        d_model=384,
+        n_layers=6,
+        n_heads=12,
+        d_ff=1536,
+        max_seq_len=512,
         pad_token_id=0,
     ),
     # tiny sizes for tests and laptop recipes
     "gpt-tiny": dict(_GPT2, vocab_size=2048, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_seq_len=256),
     "llama-tiny": dict(
-        _LLAMA, vocab_size=2048, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=352, max_seq_len=256,
+        _LLAMA,
+        vocab_size=2048,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=352,
+        max_seq_len=256,
     ),
     "bert-tiny": dict(_BERT, vocab_size=2048, d_model=128, n_layers=4, n_heads=4, d_ff=512, max_seq_len=256),
     "t5-tiny": dict(_T5, vocab_size=2048, d_model=128, n_layers=3, n_heads=4, d_ff=352, max_seq_len=256),

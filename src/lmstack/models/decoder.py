@@ -1,8 +1,11 @@
-"""`DecoderLM`: a decoder-only causal language model, GPT-2 style or Llama style by config."""
+"""`DecoderLM`: a decoder-only causal language model, GPT-2 style or Llama style by config.
+
+Generation lives in `lmstack.generate` (`sampling.generate` is the reference loop, `engine.Engine` the fast
+one); the model only computes logits, so that the model package does not depend on the generation one.
+"""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from lmstack.models.blocks import (
@@ -13,9 +16,9 @@ from lmstack.models.blocks import (
     build_attention_mask,
     default_positions,
     init_weights,
-    make_norm,
 )
 from lmstack.models.config import ModelConfig
+from lmstack.models.norms import make_norm
 
 
 class DecoderLM(nn.Module):
@@ -39,22 +42,28 @@ class DecoderLM(nn.Module):
 
     def hidden_states(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
         """Final-norm hidden states (B, T, d). `attention_mask` (B, past + T), 1 = real token, covers the
-        cached tokens too; `positions` default to counting real tokens."""
+        cached tokens too; `positions` default to counting real tokens. `inputs_embeds` (B, T, d) replaces
+        the token lookup (soft prompts, prompt tuning); give it or `input_ids`, not both."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        # only the (B, T) shape and the device of `tokens` are read below
+        tokens = input_ids if input_ids is not None else inputs_embeds[..., 0]
         start = cache.length if cache is not None else 0
-        seq = input_ids.shape[1]
+        seq = tokens.shape[1]
         if start + seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + seq} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
         if positions is None:
-            positions = default_positions(input_ids, start, attention_mask)
-        x = self.embed(input_ids, positions)
+            positions = default_positions(tokens, start, attention_mask)
+        x = self.embed(input_ids, positions, inputs_embeds=inputs_embeds)
         rope = self.rope(positions) if self.rope is not None else None
-        mask, is_causal = build_attention_mask(seq, start + seq, True, attention_mask, input_ids.device)
+        mask, is_causal = build_attention_mask(seq, start + seq, True, attention_mask, tokens.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, is_causal, rope, cache, i)
         if cache is not None:
@@ -63,13 +72,14 @@ class DecoderLM(nn.Module):
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
+        inputs_embeds: Tensor | None = None,
     ) -> Tensor:
-        """Logits (B, T, vocab)."""
-        return self.lm_head(self.hidden_states(input_ids, attention_mask, positions, cache))
+        """Logits (B, T, vocab) of token ids or of input embeddings (see `hidden_states`)."""
+        return self.lm_head(self.hidden_states(input_ids, attention_mask, positions, cache, inputs_embeds))
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -78,10 +88,3 @@ class DecoderLM(nn.Module):
             if self.embed.positions is not None:
                 n -= self.embed.positions.weight.numel()
         return n
-
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
-        """Shortcut for `lmstack.generate.sampling.generate(self, ...)`."""
-        from lmstack.generate.sampling import generate
-
-        return generate(self, input_ids, max_new_tokens, **kwargs)

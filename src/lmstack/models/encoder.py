@@ -15,9 +15,9 @@ from lmstack.models.blocks import (
     build_attention_mask,
     default_positions,
     init_weights,
-    make_norm,
 )
 from lmstack.models.config import ModelConfig
+from lmstack.models.norms import make_norm
 
 
 class MLMHead(nn.Module):

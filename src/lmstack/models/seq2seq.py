@@ -13,9 +13,9 @@ from lmstack.models.blocks import (
     build_attention_mask,
     default_positions,
     init_weights,
-    make_norm,
 )
 from lmstack.models.config import ModelConfig
+from lmstack.models.norms import make_norm
 
 
 class Seq2SeqLM(nn.Module):
@@ -81,9 +81,7 @@ class Seq2SeqLM(nn.Module):
             cache.length += seq
         return self.lm_head(self.decoder_norm(x))
 
-    def forward(
-        self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None
-    ) -> Tensor:
+    def forward(self, input_ids: Tensor, decoder_input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         memory = self.encode(input_ids, attention_mask)
         return self.decode(decoder_input_ids, memory, attention_mask)
 
@@ -95,7 +93,10 @@ class Seq2SeqLM(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, input_ids: Tensor, max_new_tokens: int, attention_mask: Tensor | None = None,
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        attention_mask: Tensor | None = None,
         eos_token_id: int | None = None,
     ) -> Tensor:
         """Greedy decoding with a self-attention KV cache and cross-attention K/V computed once."""

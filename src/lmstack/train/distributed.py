@@ -1,5 +1,7 @@
-"""Data parallelism for the one training loop: DDP, ZeRO-1/2/3 and HSDP, process groups, meta-device
-initialisation, activation checkpointing and per-rank memory accounting.
+"""Data parallelism for the one training loop: DDP, ZeRO-1/2/3 and HSDP, meta-device initialisation and
+activation checkpointing. `Parallel` owns every strategy-dependent step of the loop (optimizer, micro-batch
+sync, evaluation, saving, restoring), so the loop itself reads the same for one process or many. Process
+groups live in `lmstack.process_group`, memory accounting in `train/memory.py`.
 
 | strategy | implementation (design §6) |
 |---|---|
@@ -20,11 +22,9 @@ import contextlib
 import copy
 import functools
 import math
-import os
-import socket
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,32 +32,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from lmstack.errors import ConfigError
+from lmstack.process_group import DistContext, gather_objects
+from lmstack.train.optim import build_optimizer, param_groups
+from lmstack.weights.checkpoint import load_weights, save_checkpoint
+from lmstack.weights.dcp import is_dcp_checkpoint, restore_checkpoint, save_distributed_checkpoint
 
 STRATEGIES = ("auto", "single", "ddp", "zero1", "zero2", "zero3", "fsdp", "hsdp")
 FSDP_STRATEGIES = ("zero2", "zero3", "hsdp")
 # model methods that loss functions call besides forward; FSDP must gather parameters around them too
 EXTRA_FORWARD_METHODS = ("mlm_logits",)
-
-
-# ----------------------------------------------------------------------------- process groups
-
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process sits: rank, world size and its device. `owned` = this context created the process
-    group and so must tear it down."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    initialized: bool = False
-    owned: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def resolve_strategy(name: str, world_size: int) -> str:
@@ -73,91 +56,6 @@ def resolve_strategy(name: str, world_size: int) -> str:
             f"train.strategy=single cannot run on {world_size} ranks; use auto, ddp, zero1, zero2, zero3/fsdp or hsdp"
         )
     return name
-
-
-def device_for_rank(name: str, local_rank: int) -> torch.device:
-    """`auto` is cuda if present, else cpu; an unindexed cuda device becomes this rank's GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return device
-
-
-def backend_for(device: torch.device) -> str:
-    """nccl for GPU tensors (gloo beside it for CPU-side objects); gloo on CPU, which has no bf16 all-reduce."""
-    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def setup_distributed(device: str = "auto", strategy: str = "auto", timeout_s: float = 600.0) -> DistContext:
-    """Join the process group: an existing one (tests, notebooks), or torchrun's env:// variables. A
-    multi-process strategy without either runs as a group of one; single-process runs need no group.
-
-    A rank that dies closes its sockets, so the others fail their next collective at once; `timeout_s`
-    bounds the wait when a rank hangs instead."""
-    owned = False
-    if not dist.is_initialized():
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
-            init: dict[str, Any] = {}
-        elif strategy not in ("auto", "single"):
-            init = {"init_method": f"tcp://127.0.0.1:{_free_port()}", "rank": 0, "world_size": 1}
-        else:
-            return DistContext(device=device_for_rank(device, 0) if device == "auto" else torch.device(device))
-        dev = device_for_rank(device, local_rank)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend_for(dev), timeout=timedelta(seconds=timeout_s), **init)
-        owned = True
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    dev = device_for_rank(device, local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    return DistContext(rank, world, local_rank, local_world, dev, initialized=True, owned=owned)
-
-
-def teardown_distributed(ctx: DistContext, ok: bool = True) -> None:
-    """Destroy a process group this context created. The barrier first lets every rank finish its last
-    collective (an intermittent SIGABRT at exit was seen without it); after a failure it is skipped, since
-    a dead peer would never arrive."""
-    if not (ctx.owned and dist.is_initialized()):
-        return
-    if ok:
-        dist.barrier()
-    with contextlib.suppress(Exception):
-        dist.destroy_process_group()
-
-
-def barrier(ctx: DistContext) -> None:
-    if ctx.initialized and ctx.world_size > 1:
-        dist.barrier()
-
-
-def broadcast_object(ctx: DistContext, obj: Any) -> Any:
-    """Rank 0's `obj` on every rank (e.g. which checkpoint to resume, decided once)."""
-    if not (ctx.initialized and ctx.world_size > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order, on every rank."""
-    if not (ctx.initialized and ctx.world_size > 1):
-        return [obj]
-    out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out
 
 
 # ----------------------------------------------------------------------------- meta-device initialisation
@@ -181,7 +79,7 @@ def meta_parameters() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def _local(t: Tensor) -> Tensor:
+def local_tensor(t: Tensor) -> Tensor:
     from torch.distributed.tensor import DTensor
 
     return t.to_local() if isinstance(t, DTensor) else t
@@ -241,7 +139,7 @@ def materialize_meta(model: nn.Module, device: torch.device, seed: int) -> None:
                 full = standin._parameters[k].data
                 if full.isnan().any():
                     raise ConfigError(f"meta_init: init_weights does not initialise {name}.{k}; build it on cpu")
-                _local(p.data).copy_(_shard_of(full, p.data))
+                local_tensor(p.data).copy_(_shard_of(full, p.data))
                 done.add(id(p))
 
 
@@ -345,6 +243,106 @@ class Parallel:
         dist.all_reduce(t)
         return float(t.item()) / self.ctx.world_size
 
+    def build_optimizer(self, cfg: Any) -> torch.optim.Optimizer:
+        """AdamW over the (sharded) parameters (`cfg`: a TrainConfig); for zero1 a ZeroRedundancyOptimizer that
+        keeps only this rank's share of the Adam state. Called after wrapping, so that it holds the shards."""
+        if self.strategy != "zero1":
+            return build_optimizer(self.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        fused = self.ctx.device.type == "cuda"
+        return ZeroRedundancyOptimizer(
+            param_groups(self.module, cfg.weight_decay),
+            optimizer_class=torch.optim.AdamW,
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=fused or None,
+        )
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        eval_batches: Iterable[dict[str, Tensor]],
+        loss_fn: Callable[[Any, dict[str, Tensor]], Tensor],
+        autocast: Callable[[], contextlib.AbstractContextManager],
+    ) -> float:
+        """Mean validation loss over the fixed batches. With several ranks each batch is split over them
+        (weighted by rows, so it equals the single-process figure) and every rank gets the result."""
+        model, ctx = self.module, self.ctx
+        n_ranks = ctx.world_size if self.distributed else 1
+        was_training = model.training
+        model.eval()
+        total, n = 0.0, 0
+        for batch in eval_batches:
+            rows = next(iter(batch.values())).shape[0]
+            if n_ranks == 1:
+                part, weight = batch, rows
+            elif rows >= n_ranks:
+                part = {k: v.tensor_split(n_ranks)[ctx.rank] for k, v in batch.items()}
+                weight = next(iter(part.values())).shape[0]
+            else:  # too few rows to split: every rank computes the whole batch
+                part, weight = batch, rows / n_ranks
+            part = {k: v.to(ctx.device, non_blocking=True) for k, v in part.items()}
+            with autocast():
+                loss = float(loss_fn(self.forward_model, part))
+            if n_ranks == 1:
+                total += loss
+            else:
+                acc = torch.tensor([loss * weight, weight], dtype=torch.float64, device=ctx.device)
+                dist.all_reduce(acc)
+                total += float(acc[0] / acc[1])
+            n += 1
+        model.train(was_training)
+        return total / max(n, 1)
+
+    def save(
+        self,
+        run_dir: Path,
+        step: int,
+        optimizer: torch.optim.Optimizer,
+        trainer_state: dict[str, Any],
+        write_extras: Callable[[Path], None] | None = None,
+        keep: int = 0,
+        consolidate: bool = True,
+        state_filter: Callable[[str], bool] | None = None,
+    ) -> Path:
+        """Write checkpoint `step` (every rank calls this): one process saves its weights and optimizer state
+        directly; several write DCP shards (+ the gathered full weights when `consolidate`) and every rank's
+        RNG state (`trainer_state["rng"]`). `state_filter(name)` picks the weights saved (e.g. adapters)."""
+        if not self.distributed:
+            state = {**trainer_state, "optimizer": optimizer.state_dict()}
+            return save_checkpoint(
+                run_dir, step, self.module, state, write_extras, keep=keep, state_filter=state_filter
+            )
+        rng_per_rank = gather_objects(self.ctx, trainer_state["rng"])
+        return save_distributed_checkpoint(
+            run_dir,
+            step,
+            self,
+            optimizer,
+            trainer_state,
+            write_extras,
+            keep=keep,
+            rng_per_rank=rng_per_rank,
+            consolidate=consolidate,
+            state_filter=state_filter,
+        )
+
+    def restore(
+        self,
+        ckpt: Path,
+        optimizer: torch.optim.Optimizer,
+        trainer_state: dict[str, Any],
+        state_filter: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Load weights and optimizer state from a checkpoint of any layout and any number of ranks."""
+        if self.distributed or is_dcp_checkpoint(ckpt):
+            restore_checkpoint(ckpt, self, optimizer, trainer_state, state_filter=state_filter)
+            return
+        load_weights(self.module, ckpt, state_filter=state_filter)
+        optimizer.load_state_dict(trainer_state["optimizer"])
+
 
 @contextlib.contextmanager
 def _fsdp_no_sync(module: nn.Module) -> Iterator[None]:
@@ -364,8 +362,7 @@ def _mesh(strategy: str, ctx: DistContext, hsdp_replicas: int):
     replicas = hsdp_replicas or max(1, ctx.world_size // max(ctx.local_world_size, 1))
     if replicas <= 0 or ctx.world_size % replicas:
         raise ConfigError(
-            f"train.hsdp_replicas ({replicas}) must divide the world size ({ctx.world_size}); "
-            "0 = one replica per node"
+            f"train.hsdp_replicas ({replicas}) must divide the world size ({ctx.world_size}); 0 = one replica per node"
         )
     return init_device_mesh(kind, (replicas, ctx.world_size // replicas), mesh_dim_names=("replicate", "shard"))
 
@@ -375,8 +372,9 @@ def prepare_model(
 ) -> Parallel:
     """Wrap `model` for `cfg.strategy` (a TrainConfig). The single strategy only moves it to `device`."""
     strategy = resolve_strategy(cfg.strategy, ctx.world_size)
-    local_accum = local_grad_accum(cfg.batch_size, cfg.grad_accum, ctx.world_size) if strategy != "single" \
-        else cfg.grad_accum
+    local_accum = (
+        local_grad_accum(cfg.batch_size, cfg.grad_accum, ctx.world_size) if strategy != "single" else cfg.grad_accum
+    )
     if strategy in FSDP_STRATEGIES and amp is torch.float16:
         raise ConfigError(f"train.dtype=float16 is not supported with {strategy} (no sharded scaler); use bfloat16")
     if getattr(cfg, "activation_checkpointing", False):
@@ -391,7 +389,8 @@ def prepare_model(
         from torch.nn.parallel import DistributedDataParallel
 
         wrapper = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,  # grads are views into the buckets: no second copy
         )
         return Parallel(strategy, ctx, model, wrapper, local_accum)
@@ -425,22 +424,6 @@ def prepare_model(
     return Parallel(strategy, ctx, model, None, local_accum, mesh)
 
 
-def build_parallel_optimizer(parallel: Parallel, cfg: Any) -> torch.optim.Optimizer:
-    """AdamW over the (sharded) parameters; for zero1 a ZeroRedundancyOptimizer that keeps only this
-    rank's share of the Adam state. Create it after wrapping, so that it holds the shards."""
-    from lmstack.train.optim import build_optimizer, param_groups
-
-    if parallel.strategy != "zero1":
-        return build_optimizer(parallel.module, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), cfg.eps)
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    fused = parallel.ctx.device.type == "cuda"
-    return ZeroRedundancyOptimizer(
-        param_groups(parallel.module, cfg.weight_decay), optimizer_class=torch.optim.AdamW, lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None,
-    )
-
-
 def as_float(value: Tensor | float) -> float:
     """A scalar tensor (a DTensor under FSDP, e.g. the clipped gradient norm) as a Python float."""
     from torch.distributed.tensor import DTensor
@@ -448,123 +431,3 @@ def as_float(value: Tensor | float) -> float:
     if isinstance(value, DTensor):
         value = value.full_tensor()
     return float(value)
-
-
-@torch.no_grad()
-def evaluate_parallel(
-    eval_batches: Iterable[dict[str, Tensor]],
-    loss_fn: Callable[[Any, dict[str, Tensor]], Tensor],
-    parallel: Parallel,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-) -> float:
-    """Mean validation loss over the fixed batches, each split over the ranks (weighted by rows, so it equals
-    the single-process figure); every rank gets the result."""
-    model, ctx = parallel.module, parallel.ctx
-    was_training = model.training
-    model.eval()
-    total, n = 0.0, 0
-    for batch in eval_batches:
-        rows = next(iter(batch.values())).shape[0]
-        if rows >= ctx.world_size:
-            part = {k: v.tensor_split(ctx.world_size)[ctx.rank] for k, v in batch.items()}
-            weight = next(iter(part.values())).shape[0]
-        else:  # too few rows to split: every rank computes the whole batch
-            part, weight = batch, rows / ctx.world_size
-        part = {k: v.to(ctx.device, non_blocking=True) for k, v in part.items()}
-        with autocast():
-            loss = float(loss_fn(parallel.forward_model, part))
-        acc = torch.tensor([loss * weight, weight], dtype=torch.float64, device=ctx.device)
-        if ctx.world_size > 1:
-            dist.all_reduce(acc)
-        total += float(acc[0] / acc[1])
-        n += 1
-    model.train(was_training)
-    return total / max(n, 1)
-
-
-# ----------------------------------------------------------------------------- memory accounting
-
-
-def optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[Tensor]:
-    """The optimizer-state tensors this rank holds (for ZeRO-1 only its own partition)."""
-    local = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer keeps the local one in .optim
-    return [t for s in local.state.values() for t in s.values() if isinstance(t, Tensor)]
-
-
-def _storage_bytes(tensors: Iterable[Tensor | None]) -> int:
-    """Bytes of the distinct storages behind `tensors` (views, shared buckets and tied weights count once)."""
-    seen: dict[int, int] = {}
-    for t in tensors:
-        if t is None:
-            continue
-        s = _local(t).untyped_storage()
-        seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
-    return sum(seen.values())
-
-
-def model_state_bytes(parallel: Parallel, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """This rank's live bytes of parameters (its shards plus any gathered full copies), gradients and
-    optimizer state, right now."""
-    owned = [p for g in optimizer.param_groups for p in g["params"]]  # what the optimizer updates: the shards
-    live = list(parallel.module.parameters())  # FSDP swaps in the gathered full tensors while unsharded
-    out = {
-        "params": _storage_bytes(owned + live),
-        "grads": _storage_bytes([p.grad for p in owned + live]),
-        "optim": _storage_bytes(optimizer_state_tensors(optimizer)),
-    }
-    out["total"] = sum(out.values())
-    return out
-
-
-class MemoryProbe:
-    """Samples `model_state_bytes` at every block's entry and exit in forward and at its end in backward
-    (where FSDP holds the block's gathered parameters and unreduced gradients), keeping the peak."""
-
-    def __init__(self, parallel: Parallel, optimizer: torch.optim.Optimizer) -> None:
-        self.parallel, self.optimizer = parallel, optimizer
-        self.peak: dict[str, int] = {"params": 0, "grads": 0, "optim": 0, "total": 0}
-        self._handles = []
-        for block in find_blocks(parallel.module) or [parallel.module]:
-            # registered after FSDP's hooks: the pre-hook runs once parameters are gathered; prepend=True on the
-            # post-hook runs it before FSDP frees them
-            self._handles.append(block.register_forward_pre_hook(self._pre, with_kwargs=True))
-            self._handles.append(block.register_forward_hook(self._post, prepend=True))
-
-    def sample(self) -> None:
-        now = model_state_bytes(self.parallel, self.optimizer)
-        if now["total"] > self.peak["total"]:
-            self.peak = now
-
-    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.sample()
-        x = args[0] if args and isinstance(args[0], Tensor) else None
-        if x is not None and x.requires_grad:
-            x.register_hook(self._on_grad)  # fires at the end of this block's backward
-
-    def _post(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self.sample()
-
-    def _on_grad(self, grad: Tensor) -> None:
-        self.sample()
-
-    def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-def zero_model_state_bytes(
-    strategy: str, n_params: int, world_size: int, replicas: int = 1,
-    param_bytes: int = 4, grad_bytes: int = 4, optim_bytes: int = 8,
-) -> dict[str, float]:
-    """Per-rank model-state bytes (ZeRO paper, Ψ = `n_params`, N = `world_size`): `at_rest` as this package
-    implements each strategy, `paper` as the paper defines it. In fp32 with Adam the three terms are 4 + 4 + 8
-    bytes per parameter; with mixed precision the paper's are 2 + 2 + 12 (DDP 16Ψ, ZeRO-1 4Ψ + 12Ψ/N, ZeRO-2
-    2Ψ + 14Ψ/N, ZeRO-3 16Ψ/N). FSDP2's zero2 shards parameters at rest, so it rests at ZeRO-3's figure and
-    adds the gathered full parameters during a step; hsdp shards over the N / replicas ranks of its group."""
-    p, g, o, n = param_bytes * n_params, grad_bytes * n_params, optim_bytes * n_params, world_size
-    strategy = "zero3" if strategy == "fsdp" else strategy
-    shards = {"single": 1, "ddp": 1, "zero1": 1, "zero2": n, "zero3": n, "hsdp": max(1, n // replicas)}[strategy]
-    at_rest = {"zero1": p + g + o / n}.get(strategy, (p + g + o) / shards)
-    paper = {"zero1": p + g + o / n, "zero2": p + (g + o) / n}.get(strategy, at_rest)
-    return {"at_rest": at_rest, "paper": paper}

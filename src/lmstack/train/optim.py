@@ -55,7 +55,11 @@ class WarmupCosine:
 
 
 def two_stage_factor(
-    step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float, stage2_start: float,
+    step: int,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    stage2_start: float,
     stage2_lr_ratio: float,
 ) -> float:
     """BitNet b1.58's two-stage schedule. Stage one follows the whole-run warmup + cosine curve from a high
@@ -82,16 +86,6 @@ def weight_decay_factor(step: int, total_steps: int, schedule: str, stage2_start
     return 1.0
 
 
-def quant_strength(step: int, total_steps: int, start: float, ramp: float) -> float:
-    """BitNet quantization strength λ for `step` (0-based) of 16-to-1.58-bit training: 0 for the first
-    `start` fraction of the steps, then rising linearly to 1 over the next `ramp` fraction (at once if 0).
-    With start + ramp ≤ 1 the last step is always fully quantized."""
-    begin, span = int(round(start * total_steps)), int(round(ramp * total_steps))
-    if step < begin:
-        return 0.0
-    return 1.0 if span == 0 else min(1.0, (step - begin + 1) / span)
-
-
 def decaying_groups(optimizer: torch.optim.Optimizer) -> list[int]:
     """Indices of the parameter groups that use weight decay (stable across `load_state_dict`)."""
     return [i for i, g in enumerate(optimizer.param_groups) if g["weight_decay"] > 0]
@@ -106,7 +100,11 @@ class TwoStage:
     """Picklable `LambdaLR` callable for `two_stage_factor`."""
 
     def __init__(
-        self, warmup_steps: int, total_steps: int, min_lr_ratio: float, stage2_start: float,
+        self,
+        warmup_steps: int,
+        total_steps: int,
+        min_lr_ratio: float,
+        stage2_start: float,
         stage2_lr_ratio: float,
     ) -> None:
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
@@ -114,21 +112,28 @@ class TwoStage:
 
     def __call__(self, step: int) -> float:
         return two_stage_factor(
-            step, self.warmup_steps, self.total_steps, self.min_lr_ratio, self.stage2_start,
+            step,
+            self.warmup_steps,
+            self.total_steps,
+            self.min_lr_ratio,
+            self.stage2_start,
             self.stage2_lr_ratio,
         )
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float,
-    schedule: str = "cosine", stage2_start: float = 0.5, stage2_lr_ratio: float = 0.3,
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    min_lr_ratio: float,
+    schedule: str = "cosine",
+    stage2_start: float = 0.5,
+    stage2_lr_ratio: float = 0.3,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     if schedule == "cosine":
         fn = WarmupCosine(warmup_steps, total_steps, min_lr_ratio)
     elif schedule == "bitnet_two_stage":
         fn = TwoStage(warmup_steps, total_steps, min_lr_ratio, stage2_start, stage2_lr_ratio)
     else:
-        raise ConfigError(
-            f"train.schedule: {schedule!r} is not allowed. Allowed values: 'cosine', 'bitnet_two_stage'"
-        )
+        raise ConfigError(f"train.schedule: {schedule!r} is not allowed. Allowed values: 'cosine', 'bitnet_two_stage'")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

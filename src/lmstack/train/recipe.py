@@ -1,190 +1,47 @@
-"""Recipes: a YAML file (+ `key=value` overrides) → tokenizer, data, model, objective → the training loop.
+"""Recipes: a YAML file (+ `key=value` overrides) → a training job → the one training loop.
 
-The run directory holds everything needed to resume or use the result: the resolved recipe
-(`recipe.yaml`), the tokenizer, the tokenised data cache, metrics and checkpoints.
+A recipe's `kind` (default `pretrain`) names the module that knows that kind of job: it defines the recipe's
+dataclass (`recipe_from_dict`) and builds its job (`build_job`). A new kind (finetune, align, …) is a new
+module and one line in `KINDS`, not new branches here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-from dataclasses import dataclass, field
+import importlib
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import Any
 
-import numpy as np
-import torch
 import yaml
 
-from lmstack.config import apply_overrides, from_dict, load_yaml, to_dict
-from lmstack.data.corpus import PackedBlocks, sample_indices, split_documents, tokenize_documents
+from lmstack.config import apply_overrides, load_yaml, to_dict
 from lmstack.errors import ConfigError
-from lmstack.models import ModelConfig, build_model, model_config_from_dict
-from lmstack.tokenizer import Tokenizer
-from lmstack.train.distributed import barrier, meta_parameters, setup_distributed, teardown_distributed
-from lmstack.train.loop import TrainConfig, TrainingJob, quiet, train
-from lmstack.train.objectives import OBJECTIVES, SpecialIds
-from lmstack.weights.checkpoint import write_json
+from lmstack.process_group import barrier, setup_distributed, teardown_distributed
+from lmstack.train.loop import TrainingJob, quiet, train
+
+KINDS = {"pretrain": "lmstack.train.pretrain"}  # recipe kind → the module that builds its jobs
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    source: Literal["stdlib", "files"] = "stdlib"
-    paths: tuple[str, ...] = ()
-    val_fraction: float = 0.05
-    max_train_bytes: int = 0  # 0 = no cap
-    max_val_bytes: int = 0
-    seq_len: int = 128
+def kind_module(kind: Any) -> ModuleType:
+    """The module that defines recipes of `kind`."""
+    if kind not in KINDS:
+        raise ConfigError(f"kind: {kind!r} is not allowed. Allowed values: {', '.join(map(repr, KINDS))}")
+    return importlib.import_module(KINDS[kind])
 
 
-@dataclass(frozen=True)
-class TokenizerConfig:
-    path: str | None = None  # an existing tokenizer.json or directory; None = train byte-level BPE on train text
-    vocab_size: int = 2048
-    train_bytes: int = 2_000_000  # how much training text the BPE learns from
+def recipe_from_dict(data: dict[str, Any]) -> Any:
+    """Validate a recipe mapping into its kind's frozen dataclass."""
+    return kind_module(data.get("kind", "pretrain")).recipe_from_dict(data)
 
 
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    objective: Literal["causal_lm", "masked_lm", "span_corruption", "denoising"]
-    model: ModelConfig
-    out_dir: str = ""  # default runs/<name>
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir or f"runs/{self.name}")
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
     """Parse and validate a recipe file; overrides like `train.steps=50` win over the file."""
-    data = apply_overrides(load_yaml(path), overrides or [])
-    return recipe_from_dict(data)
+    return recipe_from_dict(apply_overrides(load_yaml(path), overrides or []))
 
 
-def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    data = dict(data)
-    if "model" not in data:
-        raise ConfigError("model: required section is missing (e.g. model: {preset: gpt-tiny})")
-    model_cfg = model_config_from_dict(data.pop("model"), path="model")
-    data["model"] = {}
-    recipe = from_dict(Recipe, data, path="")
-    recipe = dataclasses.replace(recipe, model=model_cfg)
-    wanted = OBJECTIVES[recipe.objective].family
-    if model_cfg.family != wanted:
-        raise ConfigError(
-            f"objective {recipe.objective!r} trains a {wanted} model, but model.family is {model_cfg.family!r}"
-        )
-    return recipe
-
-
-def _fingerprint(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def prepare_tokenizer(recipe: Recipe, documents: list[str], run_dir: Path, log=print) -> Tokenizer:
-    """The run's tokenizer: loaded from the run directory if present (so resume uses the same ids)."""
-    saved = run_dir / "tokenizer"
-    if (saved / "tokenizer.json").is_file():
-        return Tokenizer.load(saved)
-    if recipe.tokenizer.path:
-        tok = Tokenizer.load(recipe.tokenizer.path)
-    else:
-        texts, used = [], 0
-        for doc in documents:
-            if used >= recipe.tokenizer.train_bytes:
-                break
-            texts.append(doc)
-            used += len(doc)
-        log(f"training a byte-level BPE tokenizer (vocab {recipe.tokenizer.vocab_size}) on {used / 1e6:.1f} MB")
-        tok = Tokenizer.train_bpe(texts, recipe.tokenizer.vocab_size)
-    tok.save(saved)
-    return tok
-
-
-def prepare_tokens(recipe: Recipe, tok: Tokenizer, run_dir: Path, log=print) -> dict[str, np.ndarray]:
-    """Tokenised train/val streams, cached in the run directory and keyed by data config + tokenizer."""
-    d = recipe.data
-    key = _fingerprint(to_dict(d), (run_dir / "tokenizer" / "tokenizer.json").read_text())
-    cache = run_dir / "data"
-    meta = cache / "meta.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("key") == key:
-        return {s: np.load(cache / f"{s}.npy") for s in ("train", "val")}
-    docs = split_documents(d.source, list(d.paths), d.val_fraction, d.max_train_bytes, d.max_val_bytes)
-    cache.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split in ("train", "val"):
-        out[split] = tokenize_documents(tok, docs[split], tok.eos_id)
-        tmp = cache / f".{split}.tmp.npy"
-        np.save(tmp, out[split])
-        tmp.replace(cache / f"{split}.npy")
-    write_json(meta, {"key": key, "train_tokens": len(out["train"]), "val_tokens": len(out["val"])})
-    log(f"tokenised {len(out['train']):,} train and {len(out['val']):,} validation tokens")
-    return out
-
-
-def special_ids(tok: Tokenizer) -> SpecialIds:
-    return SpecialIds(
-        pad=tok.pad_id, eos=tok.eos_id, mask=tok.mask_id, sentinels=tuple(tok.sentinel_ids()),
-        special=tuple(sorted(tok.special_ids())), vocab_size=tok.vocab_size,
-    )
-
-
-def build_job(recipe: Recipe, run_dir: Path | None = None, log=print) -> tuple[TrainingJob, Tokenizer]:
-    run_dir = run_dir or recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tok_path = run_dir / "tokenizer" / "tokenizer.json"
-    docs = None
-    if not tok_path.is_file() and not recipe.tokenizer.path:
-        d = recipe.data
-        docs = split_documents(d.source, list(d.paths), d.val_fraction, d.max_train_bytes, d.max_val_bytes)["train"]
-    tok = prepare_tokenizer(recipe, docs or [], run_dir, log)
-    tokens = prepare_tokens(recipe, tok, run_dir, log)
-    model_cfg = dataclasses.replace(
-        recipe.model, vocab_size=tok.vocab_size, pad_token_id=tok.pad_id, eos_token_id=tok.eos_id,
-        bos_token_id=tok.bos_id,
-    )
-    if recipe.data.seq_len > model_cfg.max_seq_len:
-        raise ConfigError(f"data.seq_len ({recipe.data.seq_len}) exceeds model.max_seq_len ({model_cfg.max_seq_len})")
-    objective = OBJECTIVES[recipe.objective]
-    block_len = recipe.data.seq_len + objective.block_extra
-    train_blocks = PackedBlocks(tokens["train"], block_len)
-    val_blocks = PackedBlocks(tokens["val"], block_len)
-    ids = special_ids(tok)
-    cfg = recipe.train
-    torch.manual_seed(cfg.seed)
-    if cfg.meta_init:  # parameters on the meta device; the loop materialises each rank's shard
-        with meta_parameters():
-            model = build_model(model_cfg)
-    else:
-        model = build_model(model_cfg)
-
-    def train_batch(step: int):
-        idx = sample_indices(step, cfg.batch_size, len(train_blocks), cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-        return objective.make_batch(train_blocks[idx], ids, gen)
-
-    n_eval = min(len(val_blocks), cfg.eval_batches * cfg.batch_size)
-    eval_gen = torch.Generator().manual_seed(12_345)
-    eval_set = [
-        objective.make_batch(val_blocks[torch.arange(i, min(i + cfg.batch_size, n_eval))], ids, eval_gen)
-        for i in range(0, n_eval, cfg.batch_size)
-    ]
-
-    def write_extras(directory: Path) -> None:
-        write_json(directory / "config.json", {"model": to_dict(model_cfg), "recipe": recipe_to_dict(recipe)})
-        tok.save(directory)
-
-    job = TrainingJob(model, objective.loss, train_batch, lambda: eval_set, write_extras)
-    return job, tok
-
-
-def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    return to_dict(recipe)
+def build_job(recipe: Any, run_dir: Path | None = None, log=print) -> tuple[TrainingJob, Any]:
+    """The training job of a recipe (and its tokenizer), prepared in `run_dir` (default: the recipe's)."""
+    return kind_module(recipe.kind).build_job(recipe, run_dir, log)
 
 
 def run_recipe(path: str | Path, overrides: list[str] | None = None, log=print) -> dict:
@@ -202,16 +59,15 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, log=print) 
         run_dir = recipe.run_dir
         if ctx.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+            (run_dir / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
             job, _ = build_job(recipe, run_dir, log)
         barrier(ctx)
         if not ctx.is_main:
             job, _ = build_job(recipe, run_dir, log)
         n = sum(p.numel() for p in job.model.parameters())
-        log(f"{recipe.name}: {recipe.model.family} with {n / 1e6:.2f}M parameters, objective {recipe.objective}")
-        summary = train(job, cfg, run_dir, log)
+        log(f"{recipe.name} ({recipe.kind}): {recipe.model.family} with {n / 1e6:.2f}M parameters")
+        summary = train(job, cfg, run_dir, log, ctx=ctx)
         ok = True
         return summary
     finally:
         teardown_distributed(ctx, ok)
-

@@ -4,7 +4,7 @@ The packed checkpoint is an ordinary lmstack checkpoint directory (manifest, che
 `model.safetensors` holds, for every block linear layer, `weight_packed` (uint8, 4 ternary weights per byte),
 `weight_scale` (fp32 γ, one per fused part: q, k, v; gate, up), the SubLN `norm.weight` and any bias;
 embeddings, norms and the LM head stay as trained. `config.json` gains a `quantization` entry, which
-`load_model_for_inference` reads to build the packed model, so `sample`, `generate` and `chat` load it like
+`load_model_for_inference` reads to build the packed model, so `generate` and `chat` load it like
 any checkpoint. `packing=PACKING_BASE3` stores 5 ternary weights per byte instead (1.6 bits each).
 """
 
@@ -16,35 +16,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from lmstack.errors import CheckpointError
+from lmstack.fileio import write_json
 from lmstack.models.bitnet import CODES_PER_BYTE, PACKING, linear_weight_bytes, pack_model
-from lmstack.weights.checkpoint import (
-    MANIFEST,
-    load_model_for_inference,
-    resolve_checkpoint,
-    save_checkpoint,
-    write_json,
-)
-
-METHOD = "bitnet_b1.58"
-
-
-def quantization_entry(packing: str = PACKING) -> dict[str, Any]:
-    return {"method": METHOD, "format": packing}
-
-
-def prepare_packed(model: nn.Module, quantization: dict[str, Any]) -> nn.Module:
-    """Shape `model` (built from the checkpoint's config) like the packed export, ready for its weights."""
-    if not isinstance(quantization, dict) or quantization.get("method") != METHOD:
-        raise CheckpointError(
-            f"unknown quantization {quantization!r} in config.json; this lmstack reads {METHOD}"
-        )
-    packing = quantization.get("format")
-    if packing not in CODES_PER_BYTE:
-        raise CheckpointError(f"unknown packing {packing!r}; this lmstack reads {sorted(CODES_PER_BYTE)}")
-    return pack_model(model, packing=packing)
+from lmstack.weights.checkpoint import MANIFEST, resolve_checkpoint, save_checkpoint
+from lmstack.weights.load import load_model_for_inference
+from lmstack.weights.packed import quantization_entry
 
 
 def export_bitnet(checkpoint: str | Path, out: str | Path, packing: str = PACKING) -> dict[str, Any]:
@@ -86,8 +63,10 @@ def export_bitnet(checkpoint: str | Path, out: str | Path, packing: str = PACKIN
         shutil.rmtree(staging, ignore_errors=True)
     sizes = linear_weight_bytes(model)
     return {
-        "source": str(ckpt), "out": str(out),
-        "linear_bytes_packed": sizes["packed"], "linear_bytes_fp16": sizes["fp"],
+        "source": str(ckpt),
+        "out": str(out),
+        "linear_bytes_packed": sizes["packed"],
+        "linear_bytes_fp16": sizes["fp"],
         "subln_bytes": sizes["subln"],
         "file_bytes_source": (ckpt / "model.safetensors").stat().st_size,
         "file_bytes_packed": (out / "model.safetensors").stat().st_size,

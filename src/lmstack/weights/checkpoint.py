@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from lmstack.errors import CheckpointError
+from lmstack.fileio import fsync_dir, write_json
 
 MANIFEST = "manifest.json"
 PREFIX = "step-"
@@ -38,24 +39,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -63,20 +46,51 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None,
     write_extras: Callable[[Path], None] | None = None,
     keep: int = 0,
+    state_filter: Callable[[str], bool] | None = None,
 ) -> Path:
-    """Save and return `run_dir/step-XXXXXXXX`; keep only the newest `keep` good checkpoints (0 = all)."""
+    """Save and return `run_dir/step-XXXXXXXX`; keep only the newest `keep` good checkpoints (0 = all).
+    `state_filter(name)` keeps only the named weights (e.g. LoRA adapters); the manifest then says
+    `"weights": "filtered"`, so that nobody mistakes the file for a whole model."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))  # de-duplicates tied weights
+    if state_filter is None:
+        save_model(model, str(tmp / "model.safetensors"))  # de-duplicates tied weights
+    else:
+        save_file(filtered_state_dict(model, model.state_dict(), state_filter), str(tmp / "model.safetensors"))
     if trainer_state is not None:
         torch.save(trainer_state, tmp / "trainer_state.pt")
     if write_extras is not None:
         write_extras(tmp)
-    return publish_checkpoint(tmp, run_dir, step, keep)
+    return publish_checkpoint(tmp, run_dir, step, keep, **({} if state_filter is None else {"weights": "filtered"}))
+
+
+def without_tied_aliases(module: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep one name per tied parameter: the alphabetically first, as safetensors' `save_model` does."""
+    groups: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    drop = {n for names in groups.values() for n in sorted(names)[1:]}
+    return {k: v.contiguous() for k, v in sd.items() if k not in drop}
+
+
+def filtered_state_dict(
+    module: nn.Module, sd: dict[str, torch.Tensor], state_filter: Callable[[str], bool] | None
+) -> dict[str, torch.Tensor]:
+    """The tensors of `sd` to save: those `state_filter` keeps (all if None), one name per tied weight."""
+    sd = without_tied_aliases(module, sd)
+    return sd if state_filter is None else {k: v for k, v in sd.items() if state_filter(k)}
+
+
+def is_filtered_checkpoint(path: str | Path) -> bool:
+    """True for a checkpoint that holds only some of its model's weights (saved with a state filter)."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text()).get("weights") == "filtered"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
 
 
 def publish_checkpoint(tmp: Path, run_dir: Path, step: int, keep: int = 0, **manifest: Any) -> Path:
@@ -90,13 +104,13 @@ def publish_checkpoint(tmp: Path, run_dir: Path, step: int, keep: int = 0, **man
         files[str(f.relative_to(tmp))] = {"sha256": _sha256(f), "bytes": f.stat().st_size}
     write_json(tmp / MANIFEST, {"format": 1, "step": step, **manifest, "files": files})
     for d in sorted({f.parent for f in tmp.rglob("*") if f.is_file()}, reverse=True):
-        _fsync_dir(d)
+        fsync_dir(d)
     if final.exists():  # e.g. a corrupt checkpoint of the same step from before a resume
         stale = run_dir / f".stale-{final.name}-{os.getpid()}"
         os.replace(final, stale)
         shutil.rmtree(stale, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     if keep > 0:
         good = [p for p in list_checkpoints(run_dir) if verify_checkpoint(p, raise_error=False) is None]
         for old in good[:-keep]:
@@ -160,14 +174,15 @@ def latest_good_checkpoint(run_dir: str | Path, warn: Callable[[str], None] = pr
     return None
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load `model.safetensors` of a verified checkpoint into `model` (strict)."""
+def load_weights(model: nn.Module, path: str | Path, state_filter: Callable[[str], bool] | None = None) -> None:
+    """Load `model.safetensors` of a verified checkpoint into `model`: strictly every weight, or with
+    `state_filter` exactly the weights it keeps (the rest of `model` stays as it is)."""
     try:
         missing, unexpected = load_model(model, str(Path(path) / "model.safetensors"), strict=False)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"cannot read weights in {path}: {exc}") from exc
     # tied weights are stored once; safetensors reports the alias as missing
-    missing = [k for k in missing if not _is_tied_alias(model, k)]
+    missing = [k for k in missing if not _is_tied_alias(model, k) and (state_filter is None or state_filter(k))]
     if missing or unexpected:
         raise CheckpointError(
             f"weights in {path} do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -176,9 +191,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 def _is_tied_alias(model: nn.Module, key: str) -> bool:
     target = dict(model.named_parameters(remove_duplicate=False)).get(key)
-    return target is not None and any(
-        p is target for name, p in model.named_parameters() if name != key
-    )
+    return target is not None and any(p is target for name, p in model.named_parameters() if name != key)
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
@@ -198,31 +211,3 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if found is None:
         raise CheckpointError(f"{path} is neither a checkpoint nor a run directory with a good checkpoint")
     return found
-
-
-def load_model_for_inference(path: str | Path, device: str = "cpu"):
-    """(model in eval mode, tokenizer or None) from any lmstack checkpoint or run directory, in one process:
-    single-process, distributed (DCP shards, any world size) or packed."""
-    from lmstack.config import from_dict
-    from lmstack.models import ModelConfig, build_model
-    from lmstack.tokenizer import Tokenizer
-
-    ckpt = resolve_checkpoint(path)
-    try:
-        config = json.loads((ckpt / "config.json").read_text())
-        model_cfg = from_dict(ModelConfig, config["model"], path="config.json:model")
-    except (OSError, json.JSONDecodeError, KeyError) as exc:
-        raise CheckpointError(f"{ckpt}/config.json is missing or malformed: {exc}") from exc
-    model = build_model(model_cfg)
-    if config.get("quantization"):  # a packed export of `lmstack quantize`
-        from lmstack.weights.bitnet_export import prepare_packed
-
-        model = prepare_packed(model, config["quantization"])
-    if not (ckpt / "model.safetensors").is_file():  # a distributed checkpoint saved without consolidation
-        from lmstack.weights.dcp import load_dcp_weights
-
-        load_dcp_weights(model, ckpt)
-    else:
-        load_weights(model, ckpt)
-    tokenizer = Tokenizer.load(ckpt) if (ckpt / "tokenizer.json").is_file() else None
-    return model.to(device).eval(), tokenizer

@@ -3,7 +3,7 @@ under any strategy, plus export to one HF-layout safetensors file for inference.
 
 Layout of `RUN_DIR/step-00000100/` for a multi-process strategy (the single-process layout is in
 `checkpoint.py`): `dcp/` (each rank's shards + `.metadata`), `model.safetensors` (the full weights, gathered to
-rank 0, our key names, so `lmstack sample` and `load_weights` work on it), `trainer_state.pt` (scheduler, step,
+rank 0, our key names, so `lmstack generate` and `load_weights` work on it), `trainer_state.pt` (scheduler, step,
 data position, every rank's RNG; no optimizer: that is in `dcp/`), `config.json`, tokenizer, `manifest.json`.
 It is written to a temporary directory and renamed into place by rank 0 after every rank has written.
 
@@ -23,15 +23,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lmstack.errors import CheckpointError, WeightsError
-from lmstack.weights.checkpoint import (
-    checkpoint_name,
-    load_model_for_inference,
-    publish_checkpoint,
-    write_json,
-)
+from lmstack.errors import CheckpointError
+from lmstack.process_group import barrier
+from lmstack.weights.checkpoint import checkpoint_name, filtered_state_dict, publish_checkpoint
 
 DCP_DIR = "dcp"
+StateFilter = Callable[[str], bool] | None  # parameter name → saved? (None: everything)
 
 
 def is_dcp_checkpoint(path: str | Path) -> bool:
@@ -86,8 +83,11 @@ def zero1_state_dict(optimizer: torch.optim.Optimizer, module: nn.Module) -> dic
     # the local groups carry every AdamW default; the global ones the current lr (synced to the local ones
     # only inside step(), so they are a step behind after the scheduler has run)
     groups = [
-        {**{k: v for k, v in lg.items() if k != "params"}, **{k: v for k, v in g.items() if k != "params"},
-         "params": [names[id(p)] for p in g["params"]]}
+        {
+            **{k: v for k, v in lg.items() if k != "params"},
+            **{k: v for k, v in g.items() if k != "params"},
+            "params": [names[id(p)] for p in g["params"]],
+        }
         for g, lg in zip(optimizer.param_groups, local.param_groups, strict=True)
     ]
     return {"state": state, "param_groups": groups}
@@ -113,26 +113,36 @@ def _load_zero1(optimizer: torch.optim.Optimizer, module: nn.Module, osd: dict[s
                 lg[k] = v
 
 
-def sharded_state_dicts(parallel: Any, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """(model, optimizer) state dicts of this rank, keyed by parameter name, as DCP saves and loads them."""
+def sharded_state_dicts(
+    parallel: Any, optimizer: torch.optim.Optimizer, state_filter: StateFilter = None
+) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts of this rank, keyed by parameter name, as DCP saves and loads them;
+    the model's limited to what `state_filter` keeps."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     if _is_zero1(optimizer):
         _init_optimizer_state(optimizer.optim)
-        return get_model_state_dict(parallel.state_dict_target), zero1_state_dict(optimizer, parallel.module)
-    return get_state_dict(parallel.state_dict_target, optimizer)
+        msd, osd = get_model_state_dict(parallel.state_dict_target), zero1_state_dict(optimizer, parallel.module)
+    else:
+        msd, osd = get_state_dict(parallel.state_dict_target, optimizer)
+    if state_filter is not None:
+        msd = {k: v for k, v in msd.items() if state_filter(k)}
+    return msd, osd
 
 
-def _apply_state(parallel: Any, optimizer: torch.optim.Optimizer, msd: dict, osd: dict, full: bool) -> None:
+def _apply_state(
+    parallel: Any, optimizer: torch.optim.Optimizer, msd: dict, osd: dict, full: bool, strict: bool = True
+) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
-    options = StateDictOptions(full_state_dict=full)
+    options = StateDictOptions(full_state_dict=full, strict=strict)
     if _is_zero1(optimizer):
         set_model_state_dict(parallel.state_dict_target, msd, options=options)
         _load_zero1(optimizer, parallel.module, osd)
     else:
-        set_state_dict(parallel.state_dict_target, optimizer, model_state_dict=msd, optim_state_dict=osd,
-                       options=options)
+        set_state_dict(
+            parallel.state_dict_target, optimizer, model_state_dict=msd, optim_state_dict=osd, options=options
+        )
 
 
 def _with_tied_aliases(module: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -143,15 +153,6 @@ def _with_tied_aliases(module: nn.Module, sd: dict[str, torch.Tensor]) -> dict[s
         if name not in out and names[id(p)] in out:
             out[name] = out[names[id(p)]]
     return out
-
-
-def _without_tied_aliases(module: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keep one name per tied parameter: the alphabetically first, as safetensors' `save_model` does."""
-    groups: dict[int, list[str]] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(p), []).append(name)
-    drop = {n for names in groups.values() for n in sorted(names)[1:]}
-    return {k: v.contiguous() for k, v in sd.items() if k not in drop}
 
 
 def _fqn_optimizer_state(saved: dict[str, Any], module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -167,22 +168,29 @@ def _fqn_optimizer_state(saved: dict[str, Any], module: nn.Module, optimizer: to
     }
 
 
-def restore_checkpoint(path: str | Path, parallel: Any, optimizer: torch.optim.Optimizer,
-                       trainer_state: dict[str, Any]) -> None:
+def restore_checkpoint(
+    path: str | Path,
+    parallel: Any,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    state_filter: StateFilter = None,
+) -> None:
     """Load model and optimizer state from a checkpoint of any layout into `parallel`'s model (any strategy,
     any number of ranks): DCP shards are resharded on load; a single-process checkpoint is sharded from its
-    full tensors. Every rank calls this."""
+    full tensors. With `state_filter`, only the weights it keeps are loaded. Every rank calls this."""
     path = Path(path)
+    strict = state_filter is None
     if is_dcp_checkpoint(path):
         import torch.distributed.checkpoint as dcp
 
-        msd, osd = sharded_state_dicts(parallel, optimizer)  # templates: shapes and placements of this run
+        # templates: shapes and placements of this run
+        msd, osd = sharded_state_dicts(parallel, optimizer, state_filter)
         state = {"model": msd, "optim": osd}
         try:
             dcp.load(state, checkpoint_id=str(path / DCP_DIR), no_dist=not _distributed())
         except Exception as exc:  # DCP wraps per-rank failures in its own exception types
             raise CheckpointError(f"cannot load the distributed checkpoint {path}: {exc}") from exc
-        _apply_state(parallel, optimizer, state["model"], state["optim"], full=False)
+        _apply_state(parallel, optimizer, state["model"], state["optim"], full=False, strict=strict)
         return
     try:
         msd = _with_tied_aliases(parallel.module, load_file(str(path / "model.safetensors")))
@@ -193,7 +201,9 @@ def restore_checkpoint(path: str | Path, parallel: Any, optimizer: torch.optim.O
     osd = _fqn_optimizer_state(trainer_state["optimizer"], parallel.module, optimizer)
     if _is_zero1(optimizer):
         _init_optimizer_state(optimizer.optim)
-    _apply_state(parallel, optimizer, msd, osd, full=True)
+    if state_filter is not None:
+        msd = {k: v for k, v in msd.items() if state_filter(k)}
+    _apply_state(parallel, optimizer, msd, osd, full=True, strict=strict)
 
 
 # ----------------------------------------------------------------------------- save
@@ -209,13 +219,12 @@ def save_distributed_checkpoint(
     keep: int = 0,
     rng_per_rank: list[Any] | None = None,
     consolidate: bool = True,
+    state_filter: StateFilter = None,
 ) -> Path:
     """Every rank writes its shards; rank 0 adds the full weights (when `consolidate`), the trainer state and
     extras, checksums everything into the manifest and renames the directory into place."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from lmstack.train.distributed import barrier
 
     ctx = parallel.ctx
     run_dir = Path(run_dir)
@@ -227,22 +236,24 @@ def save_distributed_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     barrier(ctx)
-    msd, osd = sharded_state_dicts(parallel, optimizer)
+    msd, osd = sharded_state_dicts(parallel, optimizer, state_filter)
     dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / DCP_DIR))
     full = None
     if consolidate:  # collective: gathers the full weights to rank 0's CPU memory
-        full = get_model_state_dict(parallel.state_dict_target,
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(
+            parallel.state_dict_target, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     if ctx.is_main:
         if full is not None:
-            save_file(_without_tied_aliases(parallel.module, full), str(tmp / "model.safetensors"))
+            save_file(filtered_state_dict(parallel.module, full, state_filter), str(tmp / "model.safetensors"))
         state = {**trainer_state, "world_size": ctx.world_size, "strategy": parallel.strategy}
         if rng_per_rank is not None:
             state["rng_per_rank"] = rng_per_rank
         torch.save(state, tmp / "trainer_state.pt")
         if write_extras is not None:
             write_extras(tmp)
-        final = publish_checkpoint(tmp, run_dir, step, keep, layout="dcp")
+        manifest = {"layout": "dcp", **({} if state_filter is None else {"weights": "filtered"})}
+        final = publish_checkpoint(tmp, run_dir, step, keep, **manifest)
     barrier(ctx)
     return final
 
@@ -256,26 +267,7 @@ def load_dcp_weights(model: nn.Module, ckpt: Path) -> None:
 
     if not is_dcp_checkpoint(ckpt):
         raise CheckpointError(f"{ckpt} has neither model.safetensors nor DCP shards")
-    dcp.load({"model": model.state_dict()}, checkpoint_id=str(ckpt / DCP_DIR), no_dist=True)
-
-
-def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write one `model.safetensors` (+ config.json, tokenizer) for inference: HF key names and config where
-    the model has an HF layout (Llama, GPT-2, BERT), else lmstack's own."""
-    from lmstack.weights.hf import save_hf
-
-    model, tok = load_model_for_inference(checkpoint)
     try:
-        return save_hf(model, out_dir, tok)
-    except WeightsError:
-        from safetensors.torch import save_model
-
-        from lmstack.config import to_dict
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_model(model, str(out_dir / "model.safetensors"))
-        write_json(out_dir / "config.json", {"model": to_dict(model.cfg)})
-        if tok is not None:
-            tok.save(out_dir)
-        return out_dir
+        dcp.load({"model": model.state_dict()}, checkpoint_id=str(ckpt / DCP_DIR), no_dist=True)
+    except Exception as exc:  # DCP wraps read failures in its own exception types
+        raise CheckpointError(f"cannot load the distributed checkpoint {ckpt}: {exc}") from exc

@@ -164,8 +164,9 @@ def tokenizer_from_gguf(meta: dict[str, Any]) -> Tokenizer:
         steps.insert(0, pre_tokenizers.Digits(individual_digits=True))
     hf.pre_tokenizer = steps[0] if len(steps) == 1 else pre_tokenizers.Sequence(steps)
     hf.decoder = decoders.ByteLevel()
-    specials = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types)
-                if t == _TOKEN_CONTROL]
+    specials = [
+        AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == _TOKEN_CONTROL
+    ]
     hf.add_special_tokens(specials)
     hf.add_tokens([AddedToken(tokens[i], normalized=False) for i, t in enumerate(types) if t == _TOKEN_USER_DEFINED])
 
@@ -352,8 +353,11 @@ def _write_tokenizer(w: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> No
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    for role, setter in (("bos_id", w.add_bos_token_id), ("eos_id", w.add_eos_token_id),
-                         ("pad_id", w.add_pad_token_id)):
+    for role, setter in (
+        ("bos_id", w.add_bos_token_id),
+        ("eos_id", w.add_eos_token_id),
+        ("pad_id", w.add_pad_token_id),
+    ):
         tid = getattr(tokenizer, role)
         if tid is not None:
             setter(tid)

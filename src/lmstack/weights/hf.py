@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmstack.errors import WeightsError
+from lmstack.fileio import atomic_directory
 from lmstack.models.config import ModelConfig, model_config
 from lmstack.models.decoder import DecoderLM
 from lmstack.models.encoder import EncoderModel
@@ -52,11 +51,19 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         if hf.get("head_dim") not in (None, d // h):
             raise WeightsError(f"head_dim {hf['head_dim']} != hidden_size / heads; not supported")
         return model_config(
-            "llama-tiny", vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"], n_heads=h,
-            n_kv_heads=hf.get("num_key_value_heads") or h, d_ff=hf["intermediate_size"],
-            max_seq_len=hf.get("max_position_embeddings", 2048), rope_theta=float(hf.get("rope_theta", 10000.0)),
-            norm_eps=float(hf.get("rms_norm_eps", 1e-6)), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_token_id=_first(hf.get("bos_token_id")), eos_token_id=_first(hf.get("eos_token_id")),
+            "llama-tiny",
+            vocab_size=hf["vocab_size"],
+            d_model=d,
+            n_layers=hf["num_hidden_layers"],
+            n_heads=h,
+            n_kv_heads=hf.get("num_key_value_heads") or h,
+            d_ff=hf["intermediate_size"],
+            max_seq_len=hf.get("max_position_embeddings", 2048),
+            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            bos_token_id=_first(hf.get("bos_token_id")),
+            eos_token_id=_first(hf.get("eos_token_id")),
             pad_token_id=_first(hf.get("pad_token_id")) or 0,
         )
     if kind == "gpt2":
@@ -68,11 +75,18 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
             raise WeightsError("GPT-2 variants with per-layer attention scaling are not supported")
         d = hf["n_embd"]
         return model_config(
-            "gpt-tiny", vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["n_layer"], n_heads=hf["n_head"],
-            d_ff=hf.get("n_inner") or 4 * d, max_seq_len=hf["n_positions"], mlp=mlp,
+            "gpt-tiny",
+            vocab_size=hf["vocab_size"],
+            d_model=d,
+            n_layers=hf["n_layer"],
+            n_heads=hf["n_head"],
+            d_ff=hf.get("n_inner") or 4 * d,
+            max_seq_len=hf["n_positions"],
+            mlp=mlp,
             norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-            bos_token_id=_first(hf.get("bos_token_id")), eos_token_id=_first(hf.get("eos_token_id")),
+            bos_token_id=_first(hf.get("bos_token_id")),
+            eos_token_id=_first(hf.get("eos_token_id")),
             pad_token_id=_first(hf.get("pad_token_id")) or 0,
         )
     if kind == "bert":
@@ -83,10 +97,17 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise WeightsError(f"BERT position_embedding_type {hf['position_embedding_type']!r} is not supported")
         return model_config(
-            "bert-tiny", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-            n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
-            max_seq_len=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
-            norm_eps=float(hf.get("layer_norm_eps", 1e-12)), mlp=mlp, pad_token_id=hf.get("pad_token_id") or 0,
+            "bert-tiny",
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=hf["num_attention_heads"],
+            d_ff=hf["intermediate_size"],
+            max_seq_len=hf.get("max_position_embeddings", 512),
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+            mlp=mlp,
+            pad_token_id=hf.get("pad_token_id") or 0,
             tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         )
     raise WeightsError(
@@ -100,15 +121,35 @@ def _first(value: Any) -> int | None:
 
 def hf_family(cfg: ModelConfig) -> str:
     """Which HF layout an lmstack config corresponds to ("llama", "gpt2" or "bert")."""
-    if cfg.family == "decoder" and cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.position == "rope" \
-            and not cfg.bias and cfg.pre_norm:
+    if (
+        cfg.family == "decoder"
+        and cfg.norm == "rmsnorm"
+        and cfg.mlp == "swiglu"
+        and cfg.position == "rope"
+        and not cfg.bias
+        and cfg.pre_norm
+    ):
         return "llama"
-    if cfg.family == "decoder" and cfg.norm == "layernorm" and cfg.position == "learned" and cfg.bias \
-            and cfg.pre_norm and cfg.mlp in ("gelu_tanh", "gelu", "relu") and not cfg.embedding_norm \
-            and not cfg.type_vocab_size:
+    if (
+        cfg.family == "decoder"
+        and cfg.norm == "layernorm"
+        and cfg.position == "learned"
+        and cfg.bias
+        and cfg.pre_norm
+        and cfg.mlp in ("gelu_tanh", "gelu", "relu")
+        and not cfg.embedding_norm
+        and not cfg.type_vocab_size
+    ):
         return "gpt2"
-    if cfg.family == "encoder" and cfg.norm == "layernorm" and cfg.position == "learned" and cfg.bias \
-            and not cfg.pre_norm and cfg.embedding_norm and cfg.mlp in ("gelu", "gelu_tanh", "relu"):
+    if (
+        cfg.family == "encoder"
+        and cfg.norm == "layernorm"
+        and cfg.position == "learned"
+        and cfg.bias
+        and not cfg.pre_norm
+        and cfg.embedding_norm
+        and cfg.mlp in ("gelu", "gelu_tanh", "relu")
+    ):
         return "bert"
     raise WeightsError(
         "this model matches no HF layout lmstack can write (Llama: rmsnorm+swiglu+rope, no bias; GPT-2: "
@@ -120,32 +161,68 @@ def config_to_hf(cfg: ModelConfig, mlm_head: bool = False) -> dict[str, Any]:
     family = hf_family(cfg)
     if family == "llama":
         return {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
-            "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-            "num_key_value_heads": cfg.kv_heads, "intermediate_size": cfg.d_ff, "head_dim": cfg.head_dim,
-            "max_position_embeddings": cfg.max_seq_len, "rope_theta": cfg.rope_theta, "rms_norm_eps": cfg.norm_eps,
-            "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
-            "mlp_bias": False, "rope_scaling": None, "bos_token_id": cfg.bos_token_id,
-            "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id, "torch_dtype": "float32",
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.kv_heads,
+            "intermediate_size": cfg.d_ff,
+            "head_dim": cfg.head_dim,
+            "max_position_embeddings": cfg.max_seq_len,
+            "rope_theta": cfg.rope_theta,
+            "rms_norm_eps": cfg.norm_eps,
+            "hidden_act": "silu",
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "rope_scaling": None,
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id,
+            "torch_dtype": "float32",
         }
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[cfg.mlp]
     if family == "gpt2":
         return {
-            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
-            "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": cfg.d_ff,
-            "n_positions": cfg.max_seq_len, "activation_function": act, "layer_norm_epsilon": cfg.norm_eps,
-            "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": cfg.bos_token_id,
-            "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id, "torch_dtype": "float32",
-            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": cfg.vocab_size,
+            "n_embd": cfg.d_model,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_inner": cfg.d_ff,
+            "n_positions": cfg.max_seq_len,
+            "activation_function": act,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id,
+            "torch_dtype": "float32",
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
         }
     return {
-        "architectures": ["BertForMaskedLM" if mlm_head else "BertModel"], "model_type": "bert",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads, "intermediate_size": cfg.d_ff, "hidden_act": act,
-        "max_position_embeddings": cfg.max_seq_len, "type_vocab_size": cfg.type_vocab_size,
-        "layer_norm_eps": cfg.norm_eps, "pad_token_id": cfg.pad_token_id, "position_embedding_type": "absolute",
-        "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": "float32",
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+        "architectures": ["BertForMaskedLM" if mlm_head else "BertModel"],
+        "model_type": "bert",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "intermediate_size": cfg.d_ff,
+        "hidden_act": act,
+        "max_position_embeddings": cfg.max_seq_len,
+        "type_vocab_size": cfg.type_vocab_size,
+        "layer_norm_eps": cfg.norm_eps,
+        "pad_token_id": cfg.pad_token_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "torch_dtype": "float32",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
     }
 
 
@@ -162,12 +239,18 @@ def key_map(cfg: ModelConfig, family: str, prefix: str = "", mlm_head: bool = Fa
             o, h = f"layers.{i}.", f"{p}layers.{i}."
             m += [
                 (o + "attn_norm.weight", [(h + "input_layernorm.weight", None)], False),
-                (o + "attn.qkv_proj.weight", [(h + f"self_attn.{n}_proj.weight", r)
-                                              for n, r in (("q", q), ("k", kv), ("v", kv))], False),
+                (
+                    o + "attn.qkv_proj.weight",
+                    [(h + f"self_attn.{n}_proj.weight", r) for n, r in (("q", q), ("k", kv), ("v", kv))],
+                    False,
+                ),
                 (o + "attn.o_proj.weight", [(h + "self_attn.o_proj.weight", None)], False),
                 (o + "mlp_norm.weight", [(h + "post_attention_layernorm.weight", None)], False),
-                (o + "mlp.up_proj.weight",
-                 [(h + "mlp.gate_proj.weight", cfg.d_ff), (h + "mlp.up_proj.weight", cfg.d_ff)], False),
+                (
+                    o + "mlp.up_proj.weight",
+                    [(h + "mlp.gate_proj.weight", cfg.d_ff), (h + "mlp.up_proj.weight", cfg.d_ff)],
+                    False,
+                ),
                 (o + "mlp.down_proj.weight", [(h + "mlp.down_proj.weight", None)], False),
             ]
         m.append(("norm.weight", [(f"{p}norm.weight", None)], False))
@@ -175,13 +258,20 @@ def key_map(cfg: ModelConfig, family: str, prefix: str = "", mlm_head: bool = Fa
             m.append(("lm_head.weight", [("lm_head.weight", None)], False))
         return m
     if family == "gpt2":
-        m += [("embed.tokens.weight", [(f"{p}wte.weight", None)], False),
-              ("embed.positions.weight", [(f"{p}wpe.weight", None)], False)]
+        m += [
+            ("embed.tokens.weight", [(f"{p}wte.weight", None)], False),
+            ("embed.positions.weight", [(f"{p}wpe.weight", None)], False),
+        ]
         for i in range(cfg.n_layers):
             o, h = f"layers.{i}.", f"{p}h.{i}."
-            for ours, theirs, conv in (("attn_norm", "ln_1", False), ("attn.qkv_proj", "attn.c_attn", True),
-                                       ("attn.o_proj", "attn.c_proj", True), ("mlp_norm", "ln_2", False),
-                                       ("mlp.up_proj", "mlp.c_fc", True), ("mlp.down_proj", "mlp.c_proj", True)):
+            for ours, theirs, conv in (
+                ("attn_norm", "ln_1", False),
+                ("attn.qkv_proj", "attn.c_attn", True),
+                ("attn.o_proj", "attn.c_proj", True),
+                ("mlp_norm", "ln_2", False),
+                ("mlp.up_proj", "mlp.c_fc", True),
+                ("mlp.down_proj", "mlp.c_proj", True),
+            ):
                 m.append((f"{o}{ours}.weight", [(f"{h}{theirs}.weight", None)], conv))
                 m.append((f"{o}{ours}.bias", [(f"{h}{theirs}.bias", None)], False))
         m += [("norm.weight", [(f"{p}ln_f.weight", None)], False), ("norm.bias", [(f"{p}ln_f.bias", None)], False)]
@@ -190,17 +280,22 @@ def key_map(cfg: ModelConfig, family: str, prefix: str = "", mlm_head: bool = Fa
         return m
     if family == "bert":
         e = f"{p}embeddings."
-        m += [("embed.tokens.weight", [(e + "word_embeddings.weight", None)], False),
-              ("embed.positions.weight", [(e + "position_embeddings.weight", None)], False),
-              ("embed.token_types.weight", [(e + "token_type_embeddings.weight", None)], False),
-              ("embed.norm.weight", [(e + "LayerNorm.weight", None)], False),
-              ("embed.norm.bias", [(e + "LayerNorm.bias", None)], False)]
+        m += [
+            ("embed.tokens.weight", [(e + "word_embeddings.weight", None)], False),
+            ("embed.positions.weight", [(e + "position_embeddings.weight", None)], False),
+            ("embed.token_types.weight", [(e + "token_type_embeddings.weight", None)], False),
+            ("embed.norm.weight", [(e + "LayerNorm.weight", None)], False),
+            ("embed.norm.bias", [(e + "LayerNorm.bias", None)], False),
+        ]
         for i in range(cfg.n_layers):
             o, h = f"layers.{i}.", f"{p}encoder.layer.{i}."
             for t in ("weight", "bias"):
                 m += [
-                    (f"{o}attn.qkv_proj.{t}", [(f"{h}attention.self.{n}.{t}", r)
-                                               for n, r in (("query", q), ("key", kv), ("value", kv))], False),
+                    (
+                        f"{o}attn.qkv_proj.{t}",
+                        [(f"{h}attention.self.{n}.{t}", r) for n, r in (("query", q), ("key", kv), ("value", kv))],
+                        False,
+                    ),
                     (f"{o}attn.o_proj.{t}", [(f"{h}attention.output.dense.{t}", None)], False),
                     (f"{o}attn_norm.{t}", [(f"{h}attention.output.LayerNorm.{t}", None)], False),
                     (f"{o}mlp.up_proj.{t}", [(f"{h}intermediate.dense.{t}", None)], False),
@@ -209,11 +304,13 @@ def key_map(cfg: ModelConfig, family: str, prefix: str = "", mlm_head: bool = Fa
                 ]
         if mlm_head:
             c = "cls.predictions."
-            m += [("mlm_head.dense.weight", [(c + "transform.dense.weight", None)], False),
-                  ("mlm_head.dense.bias", [(c + "transform.dense.bias", None)], False),
-                  ("mlm_head.norm.weight", [(c + "transform.LayerNorm.weight", None)], False),
-                  ("mlm_head.norm.bias", [(c + "transform.LayerNorm.bias", None)], False),
-                  ("mlm_head.bias", [(c + "bias", None)], False)]
+            m += [
+                ("mlm_head.dense.weight", [(c + "transform.dense.weight", None)], False),
+                ("mlm_head.dense.bias", [(c + "transform.dense.bias", None)], False),
+                ("mlm_head.norm.weight", [(c + "transform.LayerNorm.weight", None)], False),
+                ("mlm_head.norm.bias", [(c + "transform.LayerNorm.bias", None)], False),
+                ("mlm_head.bias", [(c + "bias", None)], False),
+            ]
             if not cfg.tie_embeddings:
                 m.append(("mlm_head.decoder.weight", [(c + "decoder.weight", None)], False))
         return m
@@ -266,8 +363,14 @@ def state_dict_from_hf(hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, family:
             tensors.append(t)
             used.add(name)
         sd[ours] = tensors[0].contiguous() if len(tensors) == 1 else torch.cat(tensors)
-    ignored = ("lm_head.weight", "cls.predictions.decoder.weight", f"{prefix}pooler.dense.weight",
-               f"{prefix}pooler.dense.bias", "cls.seq_relationship.weight", "cls.seq_relationship.bias")
+    ignored = (
+        "lm_head.weight",
+        "cls.predictions.decoder.weight",
+        f"{prefix}pooler.dense.weight",
+        f"{prefix}pooler.dense.bias",
+        "cls.seq_relationship.weight",
+        "cls.seq_relationship.bias",
+    )
     unknown = [k for k in hf_sd if k not in used and k not in ignored and not k.endswith(_IGNORED_SUFFIXES)]
     if unknown:
         raise WeightsError(f"HF checkpoint has tensors lmstack cannot place: {', '.join(sorted(unknown)[:5])}")
@@ -335,8 +438,9 @@ def resolve_hf_dir(spec: str | os.PathLike) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
-        raise WeightsError(f"{spec} is not a local directory; to fetch it as a hub id, "
-                           "`pip install huggingface_hub`") from exc
+        raise WeightsError(
+            f"{spec} is not a local directory; to fetch it as a hub id, `pip install huggingface_hub`"
+        ) from exc
     try:
         return Path(snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "tokenizer*"]))
     except Exception as exc:  # network, auth, missing repo: all mean the same to the user
@@ -428,9 +532,7 @@ def save_hf(
     directory = Path(directory)
     family_cfg = config_to_hf(model.cfg, mlm_head=getattr(model, "mlm_head", None) is not None)
     tensors = state_dict_to_hf(model)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         (tmp / "config.json").write_text(json.dumps(family_cfg, indent=2))
         shards = _plan_shards(tensors, max_shard_bytes)
         if len(shards) == 1:
@@ -446,16 +548,6 @@ def save_hf(
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
         if tokenizer is not None:
             tokenizer.save(tmp)
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 

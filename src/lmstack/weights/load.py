@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lmstack.errors import WeightsError
+from lmstack.config import from_dict
+from lmstack.errors import CheckpointError, WeightsError
+from lmstack.models import ModelConfig, build_model
 from lmstack.tokenizer import Tokenizer
+from lmstack.weights.checkpoint import is_filtered_checkpoint, load_weights, resolve_checkpoint
+from lmstack.weights.dcp import load_dcp_weights
+from lmstack.weights.packed import prepare_packed
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 SMOLLM_NAMES = ("smollm2-135m-instruct", "smollm2", "smollm")
@@ -34,8 +40,9 @@ def smollm_gguf_path() -> Path:
     if spec is not None and spec.submodule_search_locations:
         candidates += [Path(p) / SMOLLM_FILE for p in spec.submodule_search_locations]
     try:
-        candidates += [Path(f.locate()) for f in importlib.metadata.files(SMOLLM_DISTRIBUTION) or []
-                       if f.name == SMOLLM_FILE]
+        candidates += [
+            Path(f.locate()) for f in importlib.metadata.files(SMOLLM_DISTRIBUTION) or [] if f.name == SMOLLM_FILE
+        ]
     except importlib.metadata.PackageNotFoundError:
         pass
     for c in candidates:
@@ -48,6 +55,32 @@ def _is_lmstack_checkpoint(path: Path) -> bool:
     if (path / "manifest.json").is_file() or path.name.startswith("step-"):
         return True
     return path.is_dir() and any(p.is_dir() and p.name.startswith("step-") for p in path.iterdir())
+
+
+def load_model_for_inference(path: str | Path, device: str = "cpu"):
+    """(model in eval mode, tokenizer or None) from any lmstack checkpoint or run directory, in one process:
+    single-process, distributed (DCP shards, any world size) or packed."""
+    ckpt = resolve_checkpoint(path)
+    if is_filtered_checkpoint(ckpt):
+        raise CheckpointError(
+            f"{ckpt} holds only some of the model's weights (saved with a state filter, e.g. adapters); build "
+            "or load the base model, then load these with lmstack.weights.checkpoint.load_weights(model, path, "
+            "state_filter=...)"
+        )
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+        model_cfg = from_dict(ModelConfig, config["model"], path="config.json:model")
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        raise CheckpointError(f"{ckpt}/config.json is missing or malformed: {exc}") from exc
+    model = build_model(model_cfg)
+    if config.get("quantization"):  # a packed export of `lmstack quantize`
+        model = prepare_packed(model, config["quantization"])
+    if not (ckpt / "model.safetensors").is_file():  # a distributed checkpoint saved without consolidation
+        load_dcp_weights(model, ckpt)
+    else:
+        load_weights(model, ckpt)
+    tokenizer = Tokenizer.load(ckpt) if (ckpt / "tokenizer.json").is_file() else None
+    return model.to(device).eval(), tokenizer
 
 
 def load_pretrained(
@@ -73,8 +106,6 @@ def load_pretrained(
 
         model, tok = load_gguf(path, dtype=dtype)
     elif path.is_dir() and _is_lmstack_checkpoint(path):
-        from lmstack.weights.checkpoint import load_model_for_inference
-
         model, tok = load_model_for_inference(path)
         model = model.to(dtype)
     elif path.is_dir() and not (path / "config.json").is_file():

@@ -12,7 +12,6 @@ from lmstack.data.tasks.common import (
     pool_split,
     read_jsonl,
     split_rng,
-    write_jsonl,
 )
 from lmstack.errors import DataError
 
@@ -58,21 +57,6 @@ def test_templates_need_every_split_and_report_ids():
     assert t.by_split() == {"train": ["a", "b"], "validation": ["c"], "test": ["d"]}
 
 
-def test_write_jsonl_is_atomic_and_read_back(tmp_path):
-    path = tmp_path / "sub" / "rows.jsonl"
-    assert write_jsonl(path, [{"a": 1}, {"b": "é"}]) == 2
-    assert read_jsonl(path) == [{"a": 1}, {"b": "é"}]
-
-    def broken():
-        yield {"a": 2}
-        raise RuntimeError("generator failed half-way")
-
-    with pytest.raises(RuntimeError):
-        write_jsonl(path, broken())
-    assert read_jsonl(path) == [{"a": 1}, {"b": "é"}]  # the old file is intact
-    assert [p.name for p in path.parent.iterdir()] == ["rows.jsonl"]  # no temp file left behind
-
-
 def test_read_jsonl_names_the_bad_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"ok": 1}) + "\n{not json\n")
@@ -83,11 +67,3 @@ def test_read_jsonl_names_the_bad_line(tmp_path):
         read_jsonl(path)
     with pytest.raises(DataError, match="not found"):
         read_jsonl(tmp_path / "missing.jsonl")
-
-
-def test_written_files_get_ordinary_permissions(tmp_path):
-    reference = tmp_path / "plain.txt"
-    reference.write_text("x")  # what a plain open() gives under the current umask
-    path = tmp_path / "rows.jsonl"
-    write_jsonl(path, [{"a": 1}])
-    assert path.stat().st_mode == reference.stat().st_mode

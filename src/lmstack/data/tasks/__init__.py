@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from lmstack.data.tasks import knowledge_base, math_word, preferences, records, reviews
-from lmstack.data.tasks.common import SPLITS, check_split, read_jsonl, write_json, write_jsonl
+from lmstack.data.tasks.common import SPLITS, check_split, read_jsonl
 from lmstack.data.tasks.knowledge_base import sample_dir
 from lmstack.errors import DataError
+from lmstack.fileio import write_json, write_jsonl
 
 # The submodules keep their names here (`tasks.math_word` is the module); the generators are below.
 GENERATORS: dict[str, Callable[..., dict[str, list[dict]]]] = {

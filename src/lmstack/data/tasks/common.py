@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import sys
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 
 from lmstack.errors import DataError
 
@@ -102,38 +100,6 @@ def fill(template: str, **fields: Any) -> str:
     """`str.format` plus capitalisation of the first letter (templates may start with a pronoun)."""
     text = template.format(**fields)
     return text[:1].upper() + text[1:]
-
-
-@contextmanager
-def _atomic(path: str | Path) -> Iterator[TextIO]:
-    """Write to a temp file in the same directory, then rename over `path`; on error `path` is untouched.
-    (Opened with `open`, not `mkstemp`, so the file gets the usual umask permissions, not 0600.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write rows as JSONL atomically; returns the row count."""
-    count = 0
-    with _atomic(path) as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write one JSON document atomically."""
-    with _atomic(path) as f:
-        f.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -311,7 +311,11 @@ def preferences(n: int, seed: int, split: str) -> dict[str, list[dict]]:
     check_split(split)
     rng = split_rng(seed, "preferences", split)
     drawn = draw_distinct(
-        "preferences", n, split, lambda: _pair(rng, split), key=lambda pair: pair["prompt"],
+        "preferences",
+        n,
+        split,
+        lambda: _pair(rng, split),
+        key=lambda pair: pair["prompt"],
         belongs=lambda pair: hash_split(number_signature(pair["prompt"])) == split,
     )
     items = [

@@ -170,7 +170,11 @@ def records(n: int, seed: int, split: str) -> dict[str, list[dict]]:
     check_split(split)
     rng = split_rng(seed, "records", split)
     drawn = draw_distinct(
-        "records", n, split, lambda: _record(rng, split), key=lambda r: r["text"],
+        "records",
+        n,
+        split,
+        lambda: _record(rng, split),
+        key=lambda r: r["text"],
         belongs=lambda r: hash_split(number_signature(r["text"])) == split,
     )
     items = []
