@@ -81,8 +81,14 @@ def test_recipe_validation():
     with pytest.raises(ConfigError, match="objective 'masked_lm' trains a encoder model"):
         recipe_from_dict({"name": "x", "objective": "masked_lm", "model": {"preset": "gpt-tiny"}})
     with pytest.raises(ConfigError, match="train.batch_size .* multiple of train.grad_accum"):
-        recipe_from_dict({"name": "x", "objective": "causal_lm", "model": {"preset": "gpt-tiny"},
-                          "train": {"batch_size": 5, "grad_accum": 2}})
+        recipe_from_dict(
+            {
+                "name": "x",
+                "objective": "causal_lm",
+                "model": {"preset": "gpt-tiny"},
+                "train": {"batch_size": 5, "grad_accum": 2},
+            }
+        )
     with pytest.raises(ConfigError, match="objective: 'clm' is not allowed"):
         recipe_from_dict({"name": "x", "objective": "clm", "model": {"preset": "gpt-tiny"}})
 

@@ -39,12 +39,28 @@ def write_tiny_gpt_recipe(directory: Path, corpus: Path, name: str, **train) -> 
     recipe = {
         "name": name,
         "objective": "causal_lm",
-        "model": {"preset": "gpt-tiny", "d_model": 32, "n_layers": 2, "n_heads": 4, "d_ff": 64,
-                  "max_seq_len": 32, "dropout": 0.1},
+        "model": {
+            "preset": "gpt-tiny",
+            "d_model": 32,
+            "n_layers": 2,
+            "n_heads": 4,
+            "d_ff": 64,
+            "max_seq_len": 32,
+            "dropout": 0.1,
+        },
         "data": {"source": "files", "paths": [str(corpus)], "seq_len": 32, "val_fraction": 0.2},
         "tokenizer": {"vocab_size": 300},
-        "train": {"batch_size": 8, "grad_accum": 2, "lr": 3e-3, "eval_batches": 2, "save_every": 4,
-                  "keep_checkpoints": 0, "log_every": 1, "progress": False, **train},
+        "train": {
+            "batch_size": 8,
+            "grad_accum": 2,
+            "lr": 3e-3,
+            "eval_batches": 2,
+            "save_every": 4,
+            "keep_checkpoints": 0,
+            "log_every": 1,
+            "progress": False,
+            **train,
+        },
     }
     path = Path(directory) / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -37,13 +37,18 @@ def test_merge_results_keeps_earlier_widths_and_says_which_run_measured_which() 
         "runs": [{"width": 64, "run": "old"}, {"width": 128, "run": "old"}],
         "lr_trials": [{"width": 64}, {"width": 128}],
         "kernels": [{"width": 128}, {"width": 576}],
-        "ablations": [{"variant": "cosine"}], "total_s": 10.0, "commit": "abc1234", "command": "first",
+        "ablations": [{"variant": "cosine"}],
+        "total_s": 10.0,
+        "commit": "abc1234",
+        "command": "first",
     }
     new = {
         "config": {"widths": [128, 256], "lr_grid_fp": ["256=0.0005"], "lr_grid_bitnet": ["256=0.001"]},
         "runs": [{"width": 128, "run": "new"}, {"width": 256, "run": "new"}],
         "lr_trials": [{"width": 128}, {"width": 256}],
-        "kernels": [{"width": 256}], "ablations": [], "total_s": 5.0,
+        "kernels": [{"width": 256}],
+        "ablations": [],
+        "total_s": 5.0,
     }
     merged = merge_results(previous, new)
     assert merged["config"]["widths"] == [64, 128, 256]

@@ -20,8 +20,16 @@ def tokenizer() -> Tokenizer:
 
 def tiny_decoder(preset: str, vocab_size: int, scale: float = 8.0, seed: int = 0) -> DecoderLM:
     torch.manual_seed(seed)
-    cfg = model_config(preset, vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4,
-                       n_kv_heads=2 if preset == "llama-tiny" else None, d_ff=96, max_seq_len=128)
+    cfg = model_config(
+        preset,
+        vocab_size=vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2 if preset == "llama-tiny" else None,
+        d_ff=96,
+        max_seq_len=128,
+    )
     model = DecoderLM(cfg).eval()
     with torch.no_grad():  # larger weights → confident predictions, so greedy has clear winners
         for name, p in model.named_parameters():

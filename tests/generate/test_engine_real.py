@@ -34,7 +34,9 @@ def test_fast_forward_matches_model(smollm):
     logits = fast(ids, torch.arange(64)[None], fast.new_cache(1, 64), is_causal=True)
     with torch.no_grad():
         ref = model(ids)[:, -1]
-    assert (logits - ref).abs().max().item() <= 1e-4
+    # the fast path sums in other orders (other kernels) over 30 layers; rounding scales with the values, so the
+    # bound is relative: 1e-5 of the largest logit ≈ 170 float32 roundoffs (2^-24) of it
+    assert (logits - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
 
 
 def test_batched_greedy_equals_one_by_one_and_reference(smollm):

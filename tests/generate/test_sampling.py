@@ -40,8 +40,7 @@ def test_per_row_generators_make_batch_sampling_match_single_rows():
     logits = torch.randn(3, 50)
     gens = [torch.Generator().manual_seed(7) for _ in range(3)]
     batch = sample_next(logits, 1.0, generator=gens).tolist()
-    single = [sample_next(logits[i : i + 1], 1.0, generator=torch.Generator().manual_seed(7)).item()
-              for i in range(3)]
+    single = [sample_next(logits[i : i + 1], 1.0, generator=torch.Generator().manual_seed(7)).item() for i in range(3)]
     assert batch == single
 
 
@@ -52,8 +51,17 @@ def test_sampling_follows_the_distribution():
     assert torch.allclose(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.03)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0.0), dict(top_k=-2),
-                                 dict(repetition_penalty=0), dict(max_new_tokens=-1), dict(stop=("",))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(temperature=-1),
+        dict(top_p=0.0),
+        dict(top_k=-2),
+        dict(repetition_penalty=0),
+        dict(max_new_tokens=-1),
+        dict(stop=("",)),
+    ],
+)
 def test_config_validation(bad):
     with pytest.raises(ConfigError):
         GenerationConfig(**bad)

@@ -283,11 +283,26 @@ def test_two_stage_schedule_drops_the_lr_and_stops_weight_decay():
 def test_tiny_ternary_model_loss_falls_with_the_recipe(text_corpus, tmp_path):
     recipe = load_recipe(
         "recipes/pretrain_bitnet_tiny.yaml",
-        [f"out_dir={tmp_path}", "data.source=files", f"data.paths=[{text_corpus}]", "data.seq_len=32",
-         "data.val_fraction=0.2", "tokenizer.vocab_size=300", "model.d_model=32", "model.n_layers=2",
-         "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=64", "train.steps=40", "train.batch_size=8",
-         "train.eval_every=10", "train.warmup_steps=4", "train.save_every=0", "train.progress=false",
-         "train.log_every=1"],
+        [
+            f"out_dir={tmp_path}",
+            "data.source=files",
+            f"data.paths=[{text_corpus}]",
+            "data.seq_len=32",
+            "data.val_fraction=0.2",
+            "tokenizer.vocab_size=300",
+            "model.d_model=32",
+            "model.n_layers=2",
+            "model.n_heads=4",
+            "model.n_kv_heads=2",
+            "model.d_ff=64",
+            "train.steps=40",
+            "train.batch_size=8",
+            "train.eval_every=10",
+            "train.warmup_steps=4",
+            "train.save_every=0",
+            "train.progress=false",
+            "train.log_every=1",
+        ],
     )
     assert recipe.model.bitnet and recipe.train.schedule == "bitnet_two_stage"
     job, _ = build_job(recipe, tmp_path, log=lambda m: None)
@@ -345,11 +360,26 @@ def test_quant_strength_interpolates_between_a_plain_linear_and_b1_58():
 
 def test_16_to_1_58_bit_training_ends_fully_ternary(text_corpus, tmp_path):
     overrides = [
-        f"out_dir={tmp_path}", "data.source=files", f"data.paths=[{text_corpus}]", "data.seq_len=32",
-        "data.val_fraction=0.2", "tokenizer.vocab_size=300", "model.d_model=32", "model.n_layers=2",
-        "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=64", "train.steps=20", "train.batch_size=8",
-        "train.eval_every=0", "train.warmup_steps=2", "train.save_every=0", "train.progress=false",
-        "train.log_every=1", "bitnet.quant_start=0.5", "bitnet.quant_ramp=0.25",
+        f"out_dir={tmp_path}",
+        "data.source=files",
+        f"data.paths=[{text_corpus}]",
+        "data.seq_len=32",
+        "data.val_fraction=0.2",
+        "tokenizer.vocab_size=300",
+        "model.d_model=32",
+        "model.n_layers=2",
+        "model.n_heads=4",
+        "model.n_kv_heads=2",
+        "model.d_ff=64",
+        "train.steps=20",
+        "train.batch_size=8",
+        "train.eval_every=0",
+        "train.warmup_steps=2",
+        "train.save_every=0",
+        "train.progress=false",
+        "train.log_every=1",
+        "bitnet.quant_start=0.5",
+        "bitnet.quant_ramp=0.25",
     ]
     recipe = load_recipe("recipes/pretrain_bitnet_tiny.yaml", overrides)
     job, _ = build_job(recipe, tmp_path, log=lambda m: None)

@@ -86,8 +86,19 @@ def family_job(objective: str) -> TrainingJob:
 
 
 def config(**kw) -> TrainConfig:
-    base = dict(steps=STEPS, batch_size=8, grad_accum=2, lr=1e-2, warmup_steps=2, eval_every=10, save_every=10,
-                keep_checkpoints=0, log_every=1, progress=False, device="cpu")
+    base = dict(
+        steps=STEPS,
+        batch_size=8,
+        grad_accum=2,
+        lr=1e-2,
+        warmup_steps=2,
+        eval_every=10,
+        save_every=10,
+        keep_checkpoints=0,
+        log_every=1,
+        progress=False,
+        device="cpu",
+    )
     return TrainConfig(**{**base, **kw})
 
 

@@ -35,9 +35,9 @@ dw = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(dw)
 quiet = lambda m: None  # noqa: E731
 
-# Logged losses on both sides: float32 means of 128 token losses (pairwise, so within log2(128)·2^-24 relative,
-# ≤ 3e-6 at loss ≤ 5, on each side) from weights that agree except in directions the exact loss ignores; plus 1e-6
-# for the 6-decimal rounding of the log
+# Logged losses: where the weights differ by more than float32 rounding (the key bias) the exact loss does not depend
+# on them, so the losses agree to rounding: a pairwise mean of 128 token losses is within log2(128)·2^-24 relative
+# (≤ 3e-6 at loss ≤ 5) on each side, + 1e-6 for the log's 6-decimal rounding
 LOSS_ATOL = 1e-5
 # Each run's gradient is within its own float32 rounding error of the exact one; another summation order (strategy,
 # kernel, thread count, CPU) is allowed to round up to 9× worse than the reference's measured error
@@ -82,10 +82,12 @@ class GradientNoise(Callback):
     def on_before_optimizer_step(self, step):
         exact = copy.deepcopy(self.model).double()
         self.job.loss_fn(exact, self.job.train_batch(step)).backward()  # the whole batch's mean in one go
-        grads = {n: p.grad.double() for n, p in self.model.named_parameters()}
-        self.unclipped = grads
-        self.pending = {n: NOISE_FACTOR * ((p.grad - grads[n]).abs() + UNIT_ROUNDOFF * grads[n].abs())
-                        for n, p in exact.named_parameters()}
+        measured = {n: p.grad.double() for n, p in self.model.named_parameters()}  # float32, before clipping
+        self.unclipped = measured
+        self.pending = {
+            n: NOISE_FACTOR * ((p.grad - measured[n]).abs() + UNIT_ROUNDOFF * measured[n].abs())
+            for n, p in exact.named_parameters()
+        }
 
     def on_optimizer_step(self, step):
         clipped = {n: p.grad.double() for n, p in self.model.named_parameters()}
@@ -93,29 +95,32 @@ class GradientNoise(Callback):
         norm_delta, unclipped_norm = norm(self.pending), norm(self.unclipped)
         scale = norm(clipped) / unclipped_norm
         # clipping scales the perturbation with the gradient, and its factor moves by ≤ ‖δ‖/‖g‖ relative
-        self.deltas.append({n: scale * d + clipped[n].abs() * norm_delta / unclipped_norm
-                            for n, d in self.pending.items()})
+        self.deltas.append(
+            {n: scale * d + clipped[n].abs() * norm_delta / unclipped_norm for n, d in self.pending.items()}
+        )
         self.norm_deltas.append(norm_delta)  # | ‖g‖ − ‖g′‖ | ≤ ‖g − g′‖
         self.grads.append(clipped)
 
 
 def adam_step_bound(t: int, beta1: float, beta2: float) -> float:
     """max |m̂/√v̂| at step t: Cauchy–Schwarz over the moments' weights (≤ 1.04 at betas 0.9, 0.95)."""
-    return math.sqrt(sum(((1 - beta1) * beta1**k / (1 - beta1**t)) ** 2 / ((1 - beta2) * beta2**k / (1 - beta2**t))
-                         for k in range(t)))
+    m_weights = [(1 - beta1) * beta1**k / (1 - beta1**t) for k in range(t)]  # of g_{t-k} in m̂_t
+    v_weights = [(1 - beta2) * beta2**k / (1 - beta2**t) for k in range(t)]  # of g_{t-k}² in v̂_t
+    return math.sqrt(sum(m * m / v for m, v in zip(m_weights, v_weights)))
 
 
-def adam_divergence_bound(noise: GradientNoise, lrs: list[float], cfg: TrainConfig,
-                          final: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def adam_divergence_bound(
+    noise: GradientNoise, lrs: list[float], cfg: TrainConfig, final: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Per parameter element, how far apart two AdamW runs can end when their gradients differ by at most
     `noise.deltas` at every step.
 
     Adam's step u = m̂/(√v̂+ε) has |u| ≤ A_t (`adam_step_bound`). Gradients apart by ≤ δ_s move m̂ by ≤ m̂[δ] and √v̂
     by ≤ √v̂[δ] (the same averages of δ; triangle inequality), so |u − u′| ≤ (m̂[δ] + A_t·√v̂[δ]) / (√v̂ + ε), and
     never more than 2·A_t: where the gradient is rounding noise (the attention key bias, whose exact gradient is 0)
-    that cap, lr × steps, is the bound. The weights move apart by ≤ Σ_t lr_t·|u − u′| (decoupled weight decay only
-    shrinks a gap), plus per step and side one rounding of the decay and of the update (½ ulp each) and a few
-    roundings inside the step (≤ 4·2^-24 of it)."""
+    that cap, 2·A_t·lr_t a step, is the bound. The weights move apart by ≤ Σ_t lr_t·|u − u′| (decoupled weight
+    decay only shrinks a gap), plus per step and side one rounding of the decay and of the update (½ ulp each) and
+    a few roundings inside the step (≤ 4·2^-24 of it)."""
     b1, b2, eps = cfg.beta1, cfg.beta2, cfg.eps
     steps = [adam_step_bound(t, b1, b2) for t in range(1, len(lrs) + 1)]
     travel = sum(lr * a for lr, a in zip(lrs, steps))  # the most a weight can move in the run
@@ -155,8 +160,13 @@ def suite(tmp_path_factory):
     torch.save(bounds, tmp / "reference_bounds.pt")
     threads = str(dw.RANK_THREADS)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    proc = subprocess.run([sys.executable, str(WORKER), "suite", str(tmp), str(tmp / "single")],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), "suite", str(tmp), str(tmp / "single")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return tmp
 
@@ -204,8 +214,9 @@ def test_gradients_are_reduced_on_the_last_micro_step_only(suite):
 def test_per_rank_model_state_bytes_match_the_zero_formulas(suite, name):
     m = memory(suite / name)
     n = m["n_params"]
-    assert m["world_size"] == 2 and n == sum(t.numel() for t in load_file(
-        suite / "single" / "step-00000020" / "model.safetensors").values())
+    assert m["world_size"] == 2 and n == sum(
+        t.numel() for t in load_file(suite / "single" / "step-00000020" / "model.safetensors").values()
+    )
     replicas = 2 if name == "hsdp" else 1
     expected = zero_model_state_bytes(name, n, 2, replicas)
     assert m["formula"] == pytest.approx(expected)
@@ -354,12 +365,27 @@ def test_activation_checkpointing_keeps_gradients_and_saves_less(tmp_path):
 def test_recipe_with_meta_init_builds_nothing_until_the_loop_materialises_it(text_corpus, tmp_path):
     from lmstack.train.recipe import build_job, load_recipe
 
-    recipe = load_recipe("recipes/pretrain_gpt_tiny.yaml", [
-        f"out_dir={tmp_path}", "data.source=files", f"data.paths=[{text_corpus}]", "data.seq_len=32",
-        "data.val_fraction=0.2", "tokenizer.vocab_size=300", "model.d_model=32", "model.n_layers=2",
-        "model.d_ff=64", "train.steps=8", "train.batch_size=8", "train.warmup_steps=2", "train.lr=1e-2",
-        "train.progress=false", "train.meta_init=true", "train.log_every=1",
-    ])
+    recipe = load_recipe(
+        "recipes/pretrain_gpt_tiny.yaml",
+        [
+            f"out_dir={tmp_path}",
+            "data.source=files",
+            f"data.paths=[{text_corpus}]",
+            "data.seq_len=32",
+            "data.val_fraction=0.2",
+            "tokenizer.vocab_size=300",
+            "model.d_model=32",
+            "model.n_layers=2",
+            "model.d_ff=64",
+            "train.steps=8",
+            "train.batch_size=8",
+            "train.warmup_steps=2",
+            "train.lr=1e-2",
+            "train.progress=false",
+            "train.meta_init=true",
+            "train.log_every=1",
+        ],
+    )
     job, _ = build_job(recipe, tmp_path, log=quiet)
     assert all(p.is_meta for p in job.model.parameters())
     assert not any(b.is_meta for b in job.model.buffers())  # position tables are real from the start

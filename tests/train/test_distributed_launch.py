@@ -37,12 +37,20 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 def test_killed_rank_ends_the_job_and_torchrun_resumes_it(text_corpus, tmp_path):
     recipe = write_recipe(tmp_path, text_corpus)
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-           "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+    }
     procs = [
         subprocess.Popen(
             [sys.executable, str(WORKER), "recipe", "1:6", str(recipe), f"out_dir={out}"],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
         for r in range(2)
@@ -66,7 +74,10 @@ def test_killed_rank_ends_the_job_and_torchrun_resumes_it(text_corpus, tmp_path)
 
     resumed = subprocess.run(
         [sys.executable, "-m", "lmstack", "train", str(recipe), f"out_dir={out}", "--nproc", "2"],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "step-00000004" in resumed.stdout

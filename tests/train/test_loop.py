@@ -70,10 +70,24 @@ def test_schedule_and_groups():
 def test_recipes_lower_validation_loss_on_a_small_corpus(name, text_corpus, tmp_path):
     recipe = load_recipe(
         f"recipes/{name}.yaml",
-        [f"out_dir={tmp_path}", "data.source=files", f"data.paths=[{text_corpus}]", "data.seq_len=32",
-         "data.val_fraction=0.2", "tokenizer.vocab_size=300", "model.d_model=32", "model.n_layers=2",
-         "model.d_ff=64", "train.steps=30", "train.batch_size=8", "train.eval_every=10", "train.warmup_steps=3",
-         "train.save_every=0", "train.progress=false", "train.lr=1e-2"],
+        [
+            f"out_dir={tmp_path}",
+            "data.source=files",
+            f"data.paths=[{text_corpus}]",
+            "data.seq_len=32",
+            "data.val_fraction=0.2",
+            "tokenizer.vocab_size=300",
+            "model.d_model=32",
+            "model.n_layers=2",
+            "model.d_ff=64",
+            "train.steps=30",
+            "train.batch_size=8",
+            "train.eval_every=10",
+            "train.warmup_steps=3",
+            "train.save_every=0",
+            "train.progress=false",
+            "train.lr=1e-2",
+        ],
     )
     job, tok = build_job(recipe, tmp_path, log=lambda m: None)
     summary = train(job, recipe.train, tmp_path, log=lambda m: None)

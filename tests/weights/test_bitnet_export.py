@@ -16,17 +16,28 @@ from lmstack.weights.load import load_model_for_inference
 from lmstack.weights.packed import prepare_packed, quantization_entry
 
 TINY = [
-    "data.source=files", "data.seq_len=32", "data.val_fraction=0.2", "tokenizer.vocab_size=300",
-    "model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=64",
-    "train.steps=4", "train.batch_size=4", "train.warmup_steps=1", "train.eval_every=0",
-    "train.eval_batches=1", "train.progress=false",
+    "data.source=files",
+    "data.seq_len=32",
+    "data.val_fraction=0.2",
+    "tokenizer.vocab_size=300",
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.d_ff=64",
+    "train.steps=4",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "train.eval_every=0",
+    "train.eval_batches=1",
+    "train.progress=false",
 ]
 
 
 def _train(corpus: Path, out: Path, bitnet: bool) -> Path:
     recipe = load_recipe(
-        "recipes/pretrain_bitnet_tiny.yaml", [*TINY, f"out_dir={out}", f"data.paths=[{corpus}]",
-                                               f"model.bitnet={str(bitnet).lower()}"],
+        "recipes/pretrain_bitnet_tiny.yaml",
+        [*TINY, f"out_dir={out}", f"data.paths=[{corpus}]", f"model.bitnet={str(bitnet).lower()}"],
     )
     job, _ = build_job(recipe, out, log=lambda m: None)
     train(job, recipe.train, out, log=lambda m: None)

@@ -17,8 +17,17 @@ from lmstack.weights.gguf import (
 
 def tiny_llama(vocab_size: int, tie: bool = True) -> DecoderLM:
     cfg = model_config(
-        "llama-tiny", vocab_size=vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
-        max_seq_len=64, rope_theta=5000.0, norm_eps=1e-5, tie_embeddings=tie,
+        "llama-tiny",
+        vocab_size=vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=96,
+        max_seq_len=64,
+        rope_theta=5000.0,
+        norm_eps=1e-5,
+        tie_embeddings=tie,
     )
     model = DecoderLM(cfg).eval()
     with torch.no_grad():  # non-trivial norm weights, so that a wrong mapping shows
@@ -115,7 +124,10 @@ def test_missing_tensor_is_named(tmp_path, tiny_tokenizer):
 
 
 def test_save_rejects_non_llama_models(tmp_path, tiny_tokenizer):
-    gpt = DecoderLM(model_config("gpt-tiny", vocab_size=tiny_tokenizer.vocab_size, d_model=32, n_layers=1,
-                                 n_heads=4, d_ff=64, max_seq_len=32))
+    gpt = DecoderLM(
+        model_config(
+            "gpt-tiny", vocab_size=tiny_tokenizer.vocab_size, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=32
+        )
+    )
     with pytest.raises(WeightsError, match="Llama-style"):
         save_gguf(gpt, tiny_tokenizer, tmp_path / "g.gguf")

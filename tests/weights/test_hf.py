@@ -17,20 +17,38 @@ SHAPE = dict(vocab_size=101, max_position_embeddings=64)
 def hf_models():
     t = transformers
     return {
-        "gpt2": lambda: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4,
-                                                       n_positions=64)),
-        "gpt2-untied": lambda: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4,
-                                                              n_positions=64, tie_word_embeddings=False)),
-        "llama": lambda: t.LlamaForCausalLM(t.LlamaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=48, rope_theta=500.0, **SHAPE)),
-        "llama-tied": lambda: t.LlamaForCausalLM(t.LlamaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-            intermediate_size=48, tie_word_embeddings=True, **SHAPE)),
-        "bert": lambda: t.BertModel(t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                                 intermediate_size=48, **SHAPE)),
-        "bert-mlm": lambda: t.BertForMaskedLM(t.BertConfig(hidden_size=32, num_hidden_layers=2,
-                                                           num_attention_heads=4, intermediate_size=48, **SHAPE)),
+        "gpt2": lambda: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+        "gpt2-untied": lambda: t.GPT2LMHeadModel(
+            t.GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_positions=64, tie_word_embeddings=False)
+        ),
+        "llama": lambda: t.LlamaForCausalLM(
+            t.LlamaConfig(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=48,
+                rope_theta=500.0,
+                **SHAPE,
+            )
+        ),
+        "llama-tied": lambda: t.LlamaForCausalLM(
+            t.LlamaConfig(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                intermediate_size=48,
+                tie_word_embeddings=True,
+                **SHAPE,
+            )
+        ),
+        "bert": lambda: t.BertModel(
+            t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, **SHAPE)
+        ),
+        "bert-mlm": lambda: t.BertForMaskedLM(
+            t.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, **SHAPE)
+        ),
     }
 
 
@@ -79,8 +97,11 @@ def test_save_loads_in_transformers(tmp_path, batch, name):
 
 @pytest.mark.parametrize("preset", ["llama-tiny", "gpt-tiny"])
 def test_our_decoder_round_trips_through_transformers(tmp_path, tiny_tokenizer, preset):
-    model = DecoderLM(model_config(preset, vocab_size=tiny_tokenizer.vocab_size, d_model=32, n_layers=2,
-                                   n_heads=4, d_ff=64, max_seq_len=64)).eval()
+    model = DecoderLM(
+        model_config(
+            preset, vocab_size=tiny_tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64
+        )
+    ).eval()
     save_hf(model, tmp_path / "hf", tokenizer=tiny_tokenizer)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -96,8 +117,9 @@ def test_our_decoder_round_trips_through_transformers(tmp_path, tiny_tokenizer, 
 
 
 def test_sharded_save_and_load(tmp_path):
-    model = DecoderLM(model_config("llama-tiny", vocab_size=101, d_model=32, n_layers=3, n_heads=4,
-                                   d_ff=64, max_seq_len=64)).eval()
+    model = DecoderLM(
+        model_config("llama-tiny", vocab_size=101, d_model=32, n_layers=3, n_heads=4, d_ff=64, max_seq_len=64)
+    ).eval()
     save_hf(model, tmp_path / "sharded", max_shard_bytes=30_000)
     index = json.loads((tmp_path / "sharded" / INDEX_FILE).read_text())
     assert len(set(index["weight_map"].values())) > 2

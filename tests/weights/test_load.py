@@ -16,8 +16,9 @@ from lmstack.weights.load import load_pretrained, smollm_gguf_path
 
 @pytest.fixture
 def model(tiny_tokenizer):
-    cfg = model_config("llama-tiny", vocab_size=tiny_tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4,
-                       d_ff=64, max_seq_len=64)
+    cfg = model_config(
+        "llama-tiny", vocab_size=tiny_tokenizer.vocab_size, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64
+    )
     return DecoderLM(cfg).eval()
 
 

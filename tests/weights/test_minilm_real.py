@@ -10,13 +10,24 @@ from lmstack.weights.minilm import minilm_dir, minilm_settings
 pytestmark = pytest.mark.real_model
 
 SENTENCES = [
-    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
-    "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
-    "A man is riding a white horse on an enclosed ground.", "A monkey is playing drums.",
-    "Someone in a gorilla costume is playing a set of drums.", "Paris is the capital of France.",
-    "The mitochondria is the powerhouse of the cell.", "def add(a, b): return a + b",
-    "Quantum computers use qubits that can be in superposition.", "I love pizza!", "Hi",
-    "München ist eine Stadt in Bayern.", "東京は日本の首都です。", "emoji: 🤖🚀✨",
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+    "Paris is the capital of France.",
+    "The mitochondria is the powerhouse of the cell.",
+    "def add(a, b): return a + b",
+    "Quantum computers use qubits that can be in superposition.",
+    "I love pizza!",
+    "Hi",
+    "München ist eine Stadt in Bayern.",
+    "東京は日本の首都です。",
+    "emoji: 🤖🚀✨",
     "The quick brown fox jumps over the lazy dog. " * 12,  # longer than 128 tokens
     "word " * 400,  # truncated at max_length
 ]

@@ -21,7 +21,7 @@ TOKENIZER_STRINGS = [
     "Hello, world! How are you today?",
     "The year 2024 had 366 days; pi ≈ 3.14159.",
     "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n",
-    "for (int i = 0; i < 10; ++i) { printf(\"%d\\n\", i); }",
+    'for (int i = 0; i < 10; ++i) { printf("%d\\n", i); }',
     "  leading spaces, trailing tabs\t\t\nand\r\nnewlines\n\n",
     "Ünïcödé façade naïve café — “quotes” ‘single’ …",
     "Привет, мир! Γειά σου κόσμε. שלום עולם. مرحبا بالعالم",
@@ -51,8 +51,11 @@ def test_logits_match_transformers(smollm, hf_smollm):
     model, tok = smollm
     ids = prompt_ids(tok)
     with torch.no_grad():
-        diff = (model(ids) - hf_smollm(ids).logits).abs().max().item()
-    assert diff <= 1e-4
+        ref = hf_smollm(ids).logits
+        diff = (model(ids) - ref).abs().max().item()
+    # two implementations may sum in different orders over 30 layers; rounding scales with the values, so the
+    # bound is relative: 1e-5 of the largest logit ≈ 170 float32 roundoffs (2^-24) of it
+    assert diff <= 1e-5 * ref.abs().max().item()
 
 
 def test_greedy_continuation_matches_transformers(smollm, hf_smollm):
@@ -60,8 +63,9 @@ def test_greedy_continuation_matches_transformers(smollm, hf_smollm):
     ids = torch.tensor([tok.encode(LIST_PROMPT)])
     with torch.no_grad():
         ours = generate(model, ids, 32)
-        theirs = hf_smollm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
-                                    do_sample=False, pad_token_id=2)[:, ids.shape[1]:]
+        theirs = hf_smollm.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False, pad_token_id=2
+        )[:, ids.shape[1] :]
     assert ours.shape[1] == 32 and ours.tolist() == theirs.tolist()
 
 
