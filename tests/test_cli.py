@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from lmstack.cli import build_parser, main
 from lmstack.weights.checkpoint import list_checkpoints
 from lmstack.weights.dcp import is_dcp_checkpoint
-from testutil import write_tiny_gpt_recipe
+from testutil import tiny_text_overrides, write_tiny_gpt_recipe
 
 
 def subcommands() -> list[str]:
@@ -64,12 +64,7 @@ def gpt_run(code_corpus, tmp_path_factory) -> Path:
     args = [
         "train",
         "recipes/pretrain_gpt_tiny.yaml",
-        f"out_dir={run}",
-        "data.source=files",
-        f"data.paths=[{code_corpus}]",
-        "data.seq_len=32",
-        "data.val_fraction=0.2",
-        "tokenizer.vocab_size=300",
+        *tiny_text_overrides(run, code_corpus),
         "model.d_model=32",
         "model.n_layers=1",
         "train.steps=4",

@@ -33,6 +33,19 @@ def toy_lm_job(seed: int = 0) -> TrainingJob:
     return TrainingJob(model, causal_lm_loss, batch, lambda: [batch(0)])
 
 
+def tiny_text_overrides(out_dir, corpus) -> list[str]:
+    """Recipe overrides that train on the test corpus file with 32-token blocks and a 300-token BPE; callers add
+    the model's and the loop's shape."""
+    return [
+        f"out_dir={out_dir}",
+        "data.source=files",
+        f"data.paths=[{corpus}]",
+        "data.seq_len=32",
+        "data.val_fraction=0.2",
+        "tokenizer.vocab_size=300",
+    ]
+
+
 def write_tiny_gpt_recipe(directory: Path, corpus: Path, name: str, **train) -> Path:
     """A recipe file for a tiny GPT on `corpus`, with dropout 0.1 (so results depend on restored RNG state)
     and two micro-batches per step; `train` overrides the train section's defaults."""

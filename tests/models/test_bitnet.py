@@ -34,7 +34,7 @@ from lmstack.train.metrics import read_metrics
 from lmstack.train.optim import two_stage_factor, weight_decay_factor
 from lmstack.train.quant_ramp import BitNetTrainConfig, quant_strength
 from lmstack.train.recipe import build_job, load_recipe
-from testutil import tiny_config
+from testutil import tiny_config, tiny_text_overrides
 
 
 def test_weights_are_ternary_with_the_absmean_scale():
@@ -284,12 +284,7 @@ def test_tiny_ternary_model_loss_falls_with_the_recipe(text_corpus, tmp_path):
     recipe = load_recipe(
         "recipes/pretrain_bitnet_tiny.yaml",
         [
-            f"out_dir={tmp_path}",
-            "data.source=files",
-            f"data.paths=[{text_corpus}]",
-            "data.seq_len=32",
-            "data.val_fraction=0.2",
-            "tokenizer.vocab_size=300",
+            *tiny_text_overrides(tmp_path, text_corpus),
             "model.d_model=32",
             "model.n_layers=2",
             "model.n_heads=4",
@@ -360,12 +355,7 @@ def test_quant_strength_interpolates_between_a_plain_linear_and_b1_58():
 
 def test_16_to_1_58_bit_training_ends_fully_ternary(text_corpus, tmp_path):
     overrides = [
-        f"out_dir={tmp_path}",
-        "data.source=files",
-        f"data.paths=[{text_corpus}]",
-        "data.seq_len=32",
-        "data.val_fraction=0.2",
-        "tokenizer.vocab_size=300",
+        *tiny_text_overrides(tmp_path, text_corpus),
         "model.d_model=32",
         "model.n_layers=2",
         "model.n_heads=4",

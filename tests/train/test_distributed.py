@@ -28,6 +28,7 @@ from lmstack.weights.checkpoint import verify_checkpoint
 from lmstack.weights.dcp import is_dcp_checkpoint, load_dcp_weights
 from lmstack.weights.export import export_safetensors
 from lmstack.weights.load import load_model_for_inference
+from testutil import tiny_text_overrides
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 _spec = importlib.util.spec_from_file_location("distributed_worker", WORKER)
@@ -368,12 +369,7 @@ def test_recipe_with_meta_init_builds_nothing_until_the_loop_materialises_it(tex
     recipe = load_recipe(
         "recipes/pretrain_gpt_tiny.yaml",
         [
-            f"out_dir={tmp_path}",
-            "data.source=files",
-            f"data.paths=[{text_corpus}]",
-            "data.seq_len=32",
-            "data.val_fraction=0.2",
-            "tokenizer.vocab_size=300",
+            *tiny_text_overrides(tmp_path, text_corpus),
             "model.d_model=32",
             "model.n_layers=2",
             "model.d_ff=64",

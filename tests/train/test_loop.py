@@ -8,7 +8,7 @@ from lmstack.train.loop import TrainConfig, train
 from lmstack.train.metrics import plot_metrics, read_metrics
 from lmstack.train.optim import lr_factor, param_groups
 from lmstack.train.recipe import build_job, load_recipe
-from testutil import tiny_config, toy_lm_job
+from testutil import tiny_config, tiny_text_overrides, toy_lm_job
 
 toy_job = toy_lm_job
 
@@ -71,12 +71,7 @@ def test_recipes_lower_validation_loss_on_a_small_corpus(name, text_corpus, tmp_
     recipe = load_recipe(
         f"recipes/{name}.yaml",
         [
-            f"out_dir={tmp_path}",
-            "data.source=files",
-            f"data.paths=[{text_corpus}]",
-            "data.seq_len=32",
-            "data.val_fraction=0.2",
-            "tokenizer.vocab_size=300",
+            *tiny_text_overrides(tmp_path, text_corpus),
             "model.d_model=32",
             "model.n_layers=2",
             "model.d_ff=64",
