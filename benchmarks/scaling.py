@@ -48,10 +48,12 @@ def synthetic_job(model_kw: dict[str, int], batch: int, seq: int, seed: int = 0)
     torch.manual_seed(seed)
     model = DecoderLM(model_config("gpt-tiny", **model_kw))
 
-    def make(step: int) -> dict[str, torch.Tensor]:
+    def make(step: int, rows: range | None = None) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(seed * 100_003 + step)
-        rows = torch.randint(0, model_kw["vocab_size"], (batch, seq + 1), generator=g)
-        return {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
+        block = torch.randint(0, model_kw["vocab_size"], (batch, seq + 1), generator=g)
+        if rows is not None:  # this rank's rows of the global batch
+            block = block[rows.start : rows.stop]
+        return {"input_ids": block[:, :-1], "labels": block[:, 1:]}
 
     return TrainingJob(model, causal_lm_loss, make, lambda: [make(-1)])
 

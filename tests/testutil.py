@@ -26,9 +26,11 @@ def toy_lm_job(seed: int = 0) -> TrainingJob:
     starts = torch.randint(0, 97, (64, 1), generator=torch.Generator().manual_seed(1))
     data = (starts + 3 * torch.arange(17)) % 97
 
-    def batch(step):
-        rows = data[(step * 8) % 64 : (step * 8) % 64 + 8]
-        return {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
+    def batch(step, rows=None):
+        block = data[(step * 8) % 64 : (step * 8) % 64 + 8][
+            slice(rows.start, rows.stop) if rows is not None else slice(None)
+        ]
+        return {"input_ids": block[:, :-1], "labels": block[:, 1:]}
 
     return TrainingJob(model, causal_lm_loss, batch, lambda: [batch(0)])
 

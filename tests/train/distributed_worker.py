@@ -54,9 +54,11 @@ def toy_job(seed: int = 0, meta: bool = False) -> TrainingJob:
     starts = torch.randint(0, 97, (64, 1), generator=torch.Generator().manual_seed(1))
     data = (starts + 3 * torch.arange(17)) % 97
 
-    def batch(step):
-        rows = data[(step * 8) % 64 : (step * 8) % 64 + 8]
-        return {"input_ids": rows[:, :-1], "labels": rows[:, 1:]}
+    def batch(step, rows=None):
+        block = data[(step * 8) % 64 : (step * 8) % 64 + 8][
+            slice(rows.start, rows.stop) if rows is not None else slice(None)
+        ]
+        return {"input_ids": block[:, :-1], "labels": block[:, 1:]}
 
     def write_extras(directory: Path) -> None:  # what export needs to rebuild the model
         write_json(directory / "config.json", {"model": to_dict(model.cfg)})
@@ -71,7 +73,7 @@ def family_job(objective: str) -> TrainingJob:
     """An encoder (masked LM: the loss calls `model.mlm_logits`) or a seq2seq model (cross-attention K/V are
     projected outside the decoder blocks) on random tokens; the objective's randomness is seeded by step."""
     from lmstack.models import build_model
-    from lmstack.train.objectives import OBJECTIVES, SpecialIds
+    from lmstack.train.objectives import OBJECTIVES, SpecialIds, row_generators
 
     torch.manual_seed(0)
     model = build_model(tiny_config(FAMILIES[objective]))
@@ -79,8 +81,10 @@ def family_job(objective: str) -> TrainingJob:
     tokens = torch.randint(3, 87, (64, 24), generator=torch.Generator().manual_seed(2))
     obj = OBJECTIVES[objective]
 
-    def batch(step):
-        return obj.make_batch(tokens[(step * 8) % 64 : (step * 8) % 64 + 8], ids, torch.Generator().manual_seed(step))
+    def batch(step, rows=None):
+        rows = range(8) if rows is None else rows
+        block = tokens[(step * 8) % 64 : (step * 8) % 64 + 8][rows.start : rows.stop]
+        return obj.make_batch(block, ids, row_generators(0, step, rows))
 
     return TrainingJob(model, obj.loss, batch, lambda: [batch(100)])
 
@@ -120,7 +124,7 @@ def sync_checks(rank: int) -> dict:
         cfg = config(strategy=strategy, grad_accum=4)  # 2 micro-steps per rank
         parallel = prepare_model(job.model, cfg, ctx, torch.device("cpu"), None)
         parallel.build_optimizer(cfg)
-        batch = parallel.local_batch(job.train_batch(0))
+        batch = job.train_batch(0, parallel.local_rows(cfg.batch_size))
         micro = [{k: v[i * 2 : (i + 1) * 2] for k, v in batch.items()} for i in range(2)]
         param = parallel.module.layers[0].attn.o_proj.weight
         record = {"local_accum": parallel.local_accum}
@@ -192,11 +196,11 @@ def recipe_rank(kill: str, recipe_path: str, overrides: list[str]) -> None:
         kill_rank, kill_step = (int(x) for x in kill.split(":"))
         make_batch = job.train_batch
 
-        def dying_batch(step):
+        def dying_batch(step, rows=None):
             if ctx.rank == kill_rank and step == kill_step:
                 print(f"rank {ctx.rank} pid {os.getpid()}: SIGKILL at step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
-            return make_batch(step)
+            return make_batch(step, rows)
 
         job.train_batch = dying_batch
     train(job, recipe.train, recipe.run_dir, log=lambda m: print(m, flush=True))

@@ -29,7 +29,7 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     assert la == pytest.approx(lb, rel=1e-4)
     # a real difference in batching would show: half the batch gives another curve
     c = toy_job()
-    c.train_batch = lambda step, f=c.train_batch: {k: v[:4] for k, v in f(step).items()}
+    c.train_batch = lambda step, rows=None, f=c.train_batch: {k: v[:4] for k, v in f(step).items()}
     train(c, config(batch_size=4), tmp_path / "c", log=lambda m: None)
     lc = [r["loss"] for r in read_metrics(tmp_path / "c" / "metrics.jsonl") if "loss" in r]
     assert lc[1:] != pytest.approx(la[1:], rel=1e-4)

@@ -220,12 +220,13 @@ class Parallel:
     def state_dict_target(self) -> nn.Module:
         return self.module if self.wrapper is None else self.wrapper
 
-    def local_batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """This rank's disjoint rows of the global batch."""
+    def local_rows(self, batch_size: int) -> range:
+        """This rank's disjoint rows of a global batch of `batch_size` (all of them when not distributed)."""
         n = self.ctx.world_size
         if not self.distributed or n == 1:
-            return batch
-        return {k: v.narrow(0, self.ctx.rank * (v.shape[0] // n), v.shape[0] // n) for k, v in batch.items()}
+            return range(batch_size)
+        share = batch_size // n
+        return range(self.ctx.rank * share, (self.ctx.rank + 1) * share)
 
     def no_sync(self, skip: bool) -> contextlib.AbstractContextManager:
         """While accumulating (`skip`), keep gradients local; reduce them only on the last micro-step."""

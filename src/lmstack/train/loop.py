@@ -96,7 +96,9 @@ class TrainingJob:
 
     model: nn.Module
     loss_fn: Callable[[nn.Module, dict[str, Tensor]], Tensor]
-    train_batch: Callable[[int], dict[str, Tensor]]  # optimizer step (0-based) → global batch
+    # (optimizer step (0-based), global row indices) → those rows of the step's batch. Each rank asks only for
+    # its own rows, so no rank builds the global batch; rows=None means the whole batch.
+    train_batch: Callable[[int, range | None], dict[str, Tensor]]
     eval_batches: Callable[[], Iterable[dict[str, Tensor]]]
     write_extras: Callable[[Path], None] | None = None  # config.json, tokenizer … into a checkpoint dir
     count_tokens: Callable[[dict[str, Tensor]], int] = lambda b: int(b["input_ids"].numel())
@@ -273,8 +275,8 @@ def _train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, log: Callable[[str
         for step in range(start_step, cfg.steps):
             for cb in callbacks:
                 cb.on_step_start(step)
-            batch = job.train_batch(step)
-            micro_batches = split_batch(parallel.local_batch(batch), parallel.local_accum)
+            batch = job.train_batch(step, parallel.local_rows(cfg.batch_size))
+            micro_batches = split_batch(batch, parallel.local_accum)
             loss_sum = 0.0
             for i, micro in enumerate(micro_batches):
                 micro = to_device(micro, device)

@@ -1,11 +1,13 @@
 """Pretraining objectives: causal LM (GPT), masked LM (BERT), span corruption (T5) and text-infilling
-denoising (BART). Each is a pair: `make_batch(blocks, generator)` turns raw token blocks into model inputs
-(randomness only from the given generator, so batches are reproducible on resume), and `loss(model, batch)`.
+denoising (BART). Each is a pair: `make_batch(blocks, ids, generators)` turns raw token blocks into model
+inputs, and `loss(model, batch)`. Randomness comes only from one generator per row (`row_generators`), so a
+row's masking depends on (seed, step, global row index) alone: batches are reproducible on resume, and a rank
+that builds only its own rows gets exactly the rows of the global batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,12 @@ class SpecialIds:
     vocab_size: int = 0
 
 
+def row_generators(seed: int, step: int, rows: Sequence[int]) -> list[torch.Generator]:
+    """One generator per global row index of optimizer step `step`: distinct for every (seed, step, row)
+    while rows < 1_000_003."""
+    return [torch.Generator().manual_seed((seed * 7_919 + step) * 1_000_003 + r) for r in rows]
+
+
 def lm_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE)
 
@@ -34,7 +42,7 @@ def lm_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- causal LM
 
 
-def causal_lm_batch(blocks: Tensor, ids: SpecialIds, generator: torch.Generator) -> dict[str, Tensor]:
+def causal_lm_batch(blocks: Tensor, ids: SpecialIds, generators: Sequence[torch.Generator]) -> dict[str, Tensor]:
     """Blocks of T+1 tokens → inputs [:-1] and next-token labels [1:]."""
     return {"input_ids": blocks[:, :-1], "labels": blocks[:, 1:]}
 
@@ -47,7 +55,7 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 
 def masked_lm_batch(
-    blocks: Tensor, ids: SpecialIds, generator: torch.Generator, mask_prob: float = 0.15
+    blocks: Tensor, ids: SpecialIds, generators: Sequence[torch.Generator], mask_prob: float = 0.15
 ) -> dict[str, Tensor]:
     """BERT masking: choose 15% of non-special tokens; of those 80% → [MASK], 10% → random token, 10% kept."""
     if ids.mask is None:
@@ -55,12 +63,16 @@ def masked_lm_batch(
     inputs = blocks.clone()
     labels = blocks.clone()
     can_mask = ~torch.isin(blocks, torch.tensor(ids.special or (ids.pad,), dtype=blocks.dtype))
-    chosen = (torch.rand(blocks.shape, generator=generator) < mask_prob) & can_mask
+    _check_generators(blocks, generators)
+    length = blocks.shape[1]
+    draws = [(torch.rand(length, generator=g), torch.rand(length, generator=g)) for g in generators]
+    chosen = (torch.stack([d[0] for d in draws]) < mask_prob) & can_mask
     labels[~chosen] = IGNORE
-    roll = torch.rand(blocks.shape, generator=generator)
+    roll = torch.stack([d[1] for d in draws])
     inputs[chosen & (roll < 0.8)] = ids.mask
     random_pos = chosen & (roll >= 0.8) & (roll < 0.9)
-    inputs[random_pos] = torch.randint(ids.vocab_size, blocks.shape, generator=generator)[random_pos]
+    random_ids = torch.stack([torch.randint(ids.vocab_size, (length,), generator=g) for g in generators])
+    inputs[random_pos] = random_ids[random_pos]
     return {"input_ids": inputs, "labels": labels}
 
 
@@ -89,12 +101,22 @@ def _noise_spans(length: int, density: float, mean_span: float, generator: torch
     return _random_lengths(length - n_noise, n_spans, generator), _random_lengths(n_noise, n_spans, generator)
 
 
+def _check_generators(blocks: Tensor, generators: Sequence[torch.Generator]) -> None:
+    if len(generators) != blocks.shape[0]:
+        raise ValueError(f"{blocks.shape[0]} rows need one generator each; got {len(generators)}")
+
+
 def span_corruption_batch(
-    blocks: Tensor, ids: SpecialIds, generator: torch.Generator, density: float = 0.15, mean_span: float = 3.0
+    blocks: Tensor,
+    ids: SpecialIds,
+    generators: Sequence[torch.Generator],
+    density: float = 0.15,
+    mean_span: float = 3.0,
 ) -> dict[str, Tensor]:
     """T5: each noise span becomes one sentinel in the input; the target lists sentinel + span for each."""
+    _check_generators(blocks, generators)
     inputs, targets = [], []
-    for row in blocks.tolist():
+    for row, generator in zip(blocks.tolist(), generators):
         keep, noise = _noise_spans(len(row), density, mean_span, generator)
         if len(noise) > len(ids.sentinels):
             raise ValueError(f"{len(noise)} spans need more sentinel tokens than the {len(ids.sentinels)} available")
@@ -110,13 +132,14 @@ def span_corruption_batch(
 
 
 def denoising_batch(
-    blocks: Tensor, ids: SpecialIds, generator: torch.Generator, density: float = 0.3, mean_span: float = 3.0
+    blocks: Tensor, ids: SpecialIds, generators: Sequence[torch.Generator], density: float = 0.3, mean_span: float = 3.0
 ) -> dict[str, Tensor]:
     """BART text infilling: each noise span becomes a single [MASK]; the target is the original text."""
     if ids.mask is None:
         raise ValueError("denoising needs a tokenizer with a mask token")
+    _check_generators(blocks, generators)
     inputs, targets = [], []
-    for row in blocks.tolist():
+    for row, generator in zip(blocks.tolist(), generators):
         keep, noise = _noise_spans(len(row), density, mean_span, generator)
         src, pos = [], 0
         for k, n in zip(keep, noise):
@@ -147,7 +170,7 @@ def seq2seq_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 
 @dataclass(frozen=True)
 class Objective:
-    make_batch: Callable[[Tensor, SpecialIds, torch.Generator], dict[str, Tensor]]
+    make_batch: Callable[[Tensor, SpecialIds, Sequence[torch.Generator]], dict[str, Tensor]]
     loss: Callable[[nn.Module, dict[str, Tensor]], Tensor]
     block_extra: int  # tokens per block beyond seq_len (causal LM needs one more for the shifted labels)
     family: str

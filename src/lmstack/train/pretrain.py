@@ -25,7 +25,7 @@ from lmstack.models import ModelConfig, build_model, model_config_from_dict
 from lmstack.tokenizer import Tokenizer
 from lmstack.train.distributed import meta_parameters
 from lmstack.train.loop import TrainConfig, TrainingJob
-from lmstack.train.objectives import OBJECTIVES, SpecialIds
+from lmstack.train.objectives import OBJECTIVES, SpecialIds, row_generators
 from lmstack.train.quant_ramp import BitNetTrainConfig, QuantizationRamp
 
 
@@ -173,17 +173,16 @@ def build_job(recipe: Recipe, run_dir: Path | None = None, log=print) -> tuple[T
     else:
         model = build_model(model_cfg)
 
-    def train_batch(step: int):
-        idx = sample_indices(step, cfg.batch_size, len(train_blocks), cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
-        return objective.make_batch(train_blocks[idx], ids, gen)
+    def train_batch(step: int, rows: range | None = None):
+        rows = range(cfg.batch_size) if rows is None else rows
+        idx = sample_indices(step, cfg.batch_size, len(train_blocks), cfg.seed)[rows.start : rows.stop]
+        return objective.make_batch(train_blocks[idx], ids, row_generators(cfg.seed, step, rows))
 
     n_eval = min(len(val_blocks), cfg.eval_batches * cfg.batch_size)
-    eval_gen = torch.Generator().manual_seed(12_345)
-    eval_set = [
-        objective.make_batch(val_blocks[torch.arange(i, min(i + cfg.batch_size, n_eval))], ids, eval_gen)
-        for i in range(0, n_eval, cfg.batch_size)
-    ]
+    eval_set = []
+    for i in range(0, n_eval, cfg.batch_size):
+        rows = range(i, min(i + cfg.batch_size, n_eval))
+        eval_set.append(objective.make_batch(val_blocks[torch.tensor(rows)], ids, row_generators(12_345, -1, rows)))
 
     def write_extras(directory: Path) -> None:
         write_json(directory / "config.json", {"model": to_dict(model_cfg), "recipe": to_dict(recipe)})
