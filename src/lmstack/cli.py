@@ -31,8 +31,8 @@ def _split_nproc(nproc: int, rest: list[str]) -> tuple[int, list[str]]:
     return nproc, out
 
 
-def _torchrun_train(nproc: int, recipe: str, overrides: list[str]) -> int:
-    """Replace this process by torchrun starting `nproc` ranks of `lmstack train` on this machine."""
+def _torchrun_train(nproc: int, recipe: str, overrides: list[str], command: str = "train") -> int:
+    """Replace this process by torchrun starting `nproc` ranks of `lmstack train` (or `finetune`) here."""
     import os
 
     cmd = [
@@ -43,7 +43,7 @@ def _torchrun_train(nproc: int, recipe: str, overrides: list[str]) -> int:
         f"--nproc_per_node={nproc}",
         "-m",
         "lmstack",
-        "train",
+        command,
         recipe,
         *overrides,
     ]
@@ -61,8 +61,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if nproc > 1:
         if "LOCAL_RANK" in os.environ:
             raise ConfigError("--nproc starts torchrun; this process already is a torchrun worker")
-        return _torchrun_train(nproc, args.recipe, overrides)
-    summary = run_recipe(args.recipe, overrides)
+        return _torchrun_train(nproc, args.recipe, overrides, args.command)
+    summary = run_recipe(args.recipe, overrides, default_kind="finetune" if args.command == "finetune" else "pretrain")
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(
             f"done: step {summary['step']}, val_loss {summary.get('val_loss', float('nan')):.4f}, "
@@ -89,6 +89,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="start N ranks on this machine with torchrun (e.g. with train.strategy=zero3)",
     )
+    p.set_defaults(func=_cmd_train)
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a pretrained model (full or LoRA) on instruction data from a YAML recipe",
+        description="Fine-tune from a recipe (kind: finetune by default), with resume, checkpoints and "
+        "metrics.jsonl like `lmstack train`: lmstack finetune recipes/finetune_pal_lora.yaml train.steps=50",
+    )
+    p.add_argument("recipe", help="path to a recipe YAML file")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="key=value overrides, e.g. lora.r=16 (and --nproc N)")
+    p.add_argument("--nproc", default=1, metavar="N", help="start N ranks on this machine with torchrun")
     p.set_defaults(func=_cmd_train)
 
 
@@ -142,48 +155,52 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_quantize)
 
 
-def _export_layout(config_json: str) -> str:
-    """Which key names an export used, read back from the config.json it wrote."""
-    import json
-
-    config = json.loads(config_json)
-    if "model_type" in config:
-        return f"HF {config['model_type']} key names and config (transformers and lmstack generate load it)"
-    return "lmstack's own key names (this model has no HF layout; lmstack generate loads it)"
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from lmstack.weights.export import export_checkpoint
 
-    from lmstack.errors import CheckpointError
-    from lmstack.weights.checkpoint import resolve_checkpoint
-    from lmstack.weights.export import export_safetensors
+    load = None
+    if args.merge_lora:
+        from lmstack.finetune.load import load_finetuned
 
-    source, out_dir = Path(args.checkpoint), Path(args.out_dir)
-    if not source.exists():
-        raise CheckpointError(f"{source} does not exist; give a checkpoint directory (step-*) or a run directory")
-    checkpoint = resolve_checkpoint(source)  # a run directory → its newest checkpoint that verifies
-    if out_dir.resolve() in (checkpoint.resolve(), *checkpoint.resolve().parents):
-        raise CheckpointError(f"{out_dir} holds the checkpoint {checkpoint}; the export would replace it")
-    if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
-        raise CheckpointError(f"{out_dir} exists and is not empty; the export replaces it, pass --force to allow")
-    out_dir = export_safetensors(checkpoint, out_dir)
-    layout = _export_layout((out_dir / "config.json").read_text())
-    print(f"exported {checkpoint} to {out_dir / 'model.safetensors'}: {layout}")
+        def load(ckpt):
+            return load_finetuned(ckpt, merge=True)
+
+    done = export_checkpoint(
+        args.checkpoint, args.out, fmt=args.format, force=args.force, gguf_type=args.gguf_type, load=load
+    )
+    target = done.path / "model.safetensors" if args.format == "safetensors" else done.path
+    print(f"exported {done.checkpoint} to {target}: {done.layout}")
     return 0
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="write a checkpoint (e.g. sharded DCP from a multi-process run) as one safetensors file",
-        description="lmstack export CKPT OUT_DIR: gather a checkpoint's weights (DCP shards of any world size, "
-        "or a single-process checkpoint) into OUT_DIR/model.safetensors + config.json + tokenizer, with HF key "
-        "names where the model has an HF layout (Llama, GPT-2, BERT), else lmstack's own.",
+        help="write a checkpoint as safetensors, an HF directory (transformers) or a GGUF file (llama.cpp)",
+        description="lmstack export RUN_OR_CHECKPOINT OUT [--format safetensors|hf|gguf]: gather a checkpoint's "
+        "weights (DCP shards of any world size, or a single-process checkpoint; a run directory means its newest "
+        "good checkpoint). safetensors (default): OUT/model.safetensors + config.json + tokenizer, with HF key "
+        "names where the model has an HF layout (Llama, GPT-2, BERT), else lmstack's own. hf: an HF directory "
+        "that transformers loads (those three layouts only). gguf: a llama-architecture GGUF file for llama.cpp "
+        "(Llama-style decoders; OUT ending in .gguf is the file, else a directory holding model.gguf). "
+        "Finetune checkpoints that hold only adapter weights need --merge-lora.",
     )
     p.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its newest good checkpoint)")
-    p.add_argument("out_dir", help="the directory to write (replaced as a whole)")
-    p.add_argument("--force", action="store_true", help="replace OUT_DIR even if it is not empty")
+    p.add_argument("out", help="the directory (or .gguf file) to write, replaced as a whole")
+    p.add_argument("--format", choices=["safetensors", "hf", "gguf"], default="safetensors", help="output format")
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="a LoRA fine-tuning run: load its base, merge the adapter into the weights, export the result",
+    )
+    p.add_argument(
+        "--gguf-type",
+        choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1"],
+        default="f32",
+        type=str.lower,
+        help="--format gguf: the type of the 2-D weights (norms stay f32); default f32 (lossless)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT even if it is not empty")
     p.set_defaults(func=_cmd_export)
 
 
@@ -249,11 +266,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 def _engine_from_args(args: argparse.Namespace):
     """Load `--model` and wrap it in a generation Engine (shared by `generate` and `chat`)."""
     from lmstack.errors import ConfigError
+    from lmstack.finetune.load import load_finetuned
     from lmstack.generate.engine import Engine
     from lmstack.models import DecoderLM
-    from lmstack.weights.load import load_pretrained
 
-    model, tokenizer = load_pretrained(args.model)
+    adapters = dict(getattr(args, "adapters", None) or {})
+    model, tokenizer = load_finetuned(args.model, adapters, merge=args.mode != "live")
     if not isinstance(model, DecoderLM) or tokenizer is None:
         raise ConfigError(f"{args.model} is not a decoder with a tokenizer; generation needs both")
     model.eval()  # no dropout while decoding (Engine does not switch modes itself)
@@ -290,9 +308,10 @@ def _add_generation_args(p: argparse.ArgumentParser, temperature: float) -> None
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--mode",
-        choices=["fp32", "bf16", "int8", "int4"],
+        choices=["fp32", "bf16", "int8", "int4", "live"],
         default="fp32",
-        help="weights for decoding: fp32 (exact, default), or bf16 / int8 / int4 weight-only (faster)",
+        help="weights for decoding: fp32 (exact, default), bf16 / int8 / int4 weight-only (faster), or live "
+        "(the model's own modules, adapters unmerged)",
     )
     p.add_argument(
         "--compile",
@@ -381,6 +400,28 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_chat)
 
 
+def _pal_adapter(args: argparse.Namespace) -> str | None:
+    """The adapter `lmstack pal` puts on the model: `auto` = the shipped PAL adapter on the default model."""
+    from lmstack.finetune.load import shipped_adapter
+    from lmstack.weights.load import SMOLLM_NAMES
+
+    if args.adapter == "none" or (args.adapter == "auto" and str(args.model).lower() not in SMOLLM_NAMES):
+        return None
+    return str(shipped_adapter("pal") if args.adapter in ("auto", "pal") else args.adapter)
+
+
+def _read_questions(path: str) -> list[str]:
+    from lmstack.data.instruct import read_rows
+    from lmstack.errors import DataError
+
+    questions = []
+    for lineno, row in read_rows(path):
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise DataError(f"{path}:{lineno}: each row needs a non-empty string field 'question'")
+        questions.append(row["question"])
+    return questions
+
+
 def _cmd_pal(args: argparse.Namespace) -> int:
     from lmstack.augment.sandbox import Limits, run_program
 
@@ -390,14 +431,36 @@ def _cmd_pal(args: argparse.Namespace) -> int:
             result = run_program(f.read(), limits=limits)
         print(result.text())
         return 0 if result.ok else 1
-    if not args.question:
-        print("error: give a question, or --program FILE to run a program in the sandbox", file=sys.stderr)
+    if not args.question and not args.questions:
+        print("error: give a question, --questions FILE.jsonl, or --program FILE to run a program", file=sys.stderr)
         return 2
-    from lmstack.augment.pal import engine_generate, solve
+    if bool(args.questions) != bool(args.out):
+        raise ConfigError("--questions FILE.jsonl and --out OUT.jsonl go together")
+    from lmstack.augment.pal import EXAMPLES, FINETUNED_PROMPT, INSTRUCTION, engine_generate_many, solve_many
 
-    generate = engine_generate(_engine_from_args(args), _generation_config(args), chat=args.chat)
+    questions = _read_questions(args.questions) if args.questions else [args.question]
+    adapter = _pal_adapter(args)
+    args.adapters = {"pal": adapter} if adapter else {}
+    style = FINETUNED_PROMPT if adapter else {"examples": EXAMPLES, "instruction": INSTRUCTION}
+    generate_many = engine_generate_many(
+        _engine_from_args(args), _generation_config(args), chat=args.chat or bool(adapter), batch_size=args.batch_size
+    )
     temperature = args.temperature if args.temperature > 0 or args.k == 1 else 0.7
-    result = solve(args.question, generate, k=args.k, temperature=temperature, limits=limits, workers=args.workers)
+    results = solve_many(
+        questions, generate_many, k=args.k, temperature=temperature, limits=limits, workers=args.workers, **style
+    )
+    if args.out:
+        from lmstack.fileio import write_jsonl
+
+        rows = [
+            {"question": r.question, "answer": r.answer, "program": next((p for p in r.programs if p), None)}
+            for r in results
+        ]
+        write_jsonl(args.out, rows)
+        answered = sum(r.answer is not None for r in results)
+        print(f"wrote {args.out}: {len(rows)} rows, {answered} answered (adapter: {adapter or 'none'})")
+        return 0
+    (result,) = results
     if args.show_programs:
         for i, (program, run) in enumerate(zip(result.programs, result.runs)):
             print(f"--- program {i + 1}")
@@ -414,6 +477,15 @@ def _add_pal(sub: argparse._SubParsersAction) -> None:
         description="PAL: the model writes def solution(); the sandbox runs it; k>1 samples are majority-voted.",
     )
     p.add_argument("question", nargs="?", default=None, help="the word problem")
+    p.add_argument(
+        "--adapter",
+        default="auto",
+        help="auto (default: the shipped PAL LoRA adapter on the default SmolLM2 model, zero-shot prompt), "
+        "none (the bare model with the few-shot prompt), or a peft adapter directory",
+    )
+    p.add_argument("--questions", default=None, help="batch mode: a JSONL file of rows with a 'question' field")
+    p.add_argument("--out", default=None, help="batch mode: JSONL to write (question, answer, program per row)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows decoded at once")
     p.add_argument("--k", type=int, default=1, help="programs to sample and vote over (temperature 0.7 if > 1)")
     p.add_argument("--chat", action="store_true", help="send the few-shot prompt through the chat template")
     p.add_argument("--show-programs", action="store_true", help="print each program and what it returned")
@@ -428,6 +500,7 @@ def _add_pal(sub: argparse._SubParsersAction) -> None:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
+    _add_finetune,
     _add_plot,
     _add_quantize,
     _add_export,

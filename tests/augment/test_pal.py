@@ -21,6 +21,7 @@ from lmstack.augment.pal import (
     normalize_answer,
     run_value,
     solve,
+    solve_many,
 )
 from lmstack.augment.sandbox import Limits, SandboxResult, run_many, run_program
 from lmstack.errors import ConfigError
@@ -253,6 +254,24 @@ def test_instructions_injected_through_the_question_stay_in_the_sandbox(monkeypa
     assert sorted(os.listdir(os.path.expanduser("~"))) == home_before
 
 
+def per_prompt(generate):
+    """A generate_many made of a one-prompt generate."""
+    return lambda prompts, n, temperature: [generate(p, n, temperature) for p in prompts]
+
+
+def test_solve_many_votes_per_question_in_order() -> None:
+    programs = {"a": "def solution():\n    return 1\n", "b": "def solution():\n    return 2\n"}
+    calls = []
+
+    def generate_many(prompts, n, temperature):
+        calls.append(len(prompts))
+        return [[programs[p.rsplit("Q: ", 1)[1].split("\n")[0]]] * n for p in prompts]
+
+    results = solve_many(["a", "b", "a"], generate_many, k=2, limits=FAST, examples=(), instruction="")
+    assert [r.answer for r in results] == [1.0, 2.0, 1.0] and [r.votes for r in results] == [2, 2, 2]
+    assert calls == [3]  # one call for every question: the engine batches them
+
+
 def test_evaluate_reports_accuracy_and_failure_kinds() -> None:
     answers = {
         "one": "def solution():\n    return 1\n",
@@ -264,7 +283,7 @@ def test_evaluate_reports_accuracy_and_failure_kinds() -> None:
         question = prompt.rsplit("Q: ", 1)[1].split("\n")[0]
         return [answers[question]] * n
 
-    report = evaluate([("one", 1), ("two", 2), ("three", 3)], gen, limits=FAST)
+    report = evaluate([("one", 1), ("two", 2), ("three", 3)], per_prompt(gen), limits=FAST)
     assert report == {"n": 3, "k": 1, "accuracy": pytest.approx(1 / 3), "errors": {"exception": 1}, "no_program": 1}
 
 
@@ -288,7 +307,7 @@ def test_reference_programs_from_the_task_suite_run_in_the_sandbox(task: str) ->
     def oracle(prompt: str, n: int, temperature: float) -> list[str]:
         return [f"```python\n{by_question[prompt.rsplit('Q: ', 1)[1].split(chr(10))[0]]}```"] * n
 
-    report = evaluate([(item["question"], item["answer"]) for item in items[:4]], oracle, limits=FAST)
+    report = evaluate([(item["question"], item["answer"]) for item in items[:4]], per_prompt(oracle), limits=FAST)
     assert report["accuracy"] == 1.0 and report["errors"] == {}
 
 
@@ -329,7 +348,7 @@ def test_cli_pal_with_the_embedded_model(capsys) -> None:
         pytest.skip(f"the embedded model is not installed: {exc}")
 
     question = "Tom has 3 boxes with 12 pencils each. He gives away 10 pencils. How many pencils are left?"
-    code = main(["pal", question, "--show-programs", "--max-new-tokens", "96"])
+    code = main(["pal", question, "--show-programs", "--max-new-tokens", "96", "--adapter", "none"])
     out = capsys.readouterr().out
     assert "--- program 1" in out and "=> " in out
     assert out.strip().splitlines()[-1].startswith("answer: ")

@@ -9,10 +9,10 @@ from lmstack.weights.gguf import (
     load_gguf,
     permute_qk,
     read_gguf,
-    save_gguf,
     tokenizer_from_gguf,
     unpermute_qk,
 )
+from lmstack.weights.gguf_write import save_gguf
 
 
 def tiny_llama(vocab_size: int, tie: bool = True) -> DecoderLM:

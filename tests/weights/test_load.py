@@ -9,7 +9,7 @@ import torch
 from lmstack.errors import LMStackError, WeightsError
 from lmstack.models import DecoderLM, model_config
 from lmstack.weights.checkpoint import save_checkpoint
-from lmstack.weights.gguf import save_gguf
+from lmstack.weights.gguf_write import save_gguf
 from lmstack.weights.hf import save_hf
 from lmstack.weights.load import load_pretrained, smollm_gguf_path
 

@@ -21,7 +21,8 @@ from lmstack.augment.sandbox import Limits, SandboxResult, Scalar, run_many
 from lmstack.data.tasks.answers import REL_TOL, extract_answer, format_number, is_correct
 from lmstack.errors import ConfigError
 
-Generate = Callable[[str, int, float], list[str]]
+Generate = Callable[[str, int, float], list[str]]  # (prompt, n, temperature) → n completions
+GenerateMany = Callable[[Sequence[str], int, float], list[list[str]]]  # the same for many prompts
 
 INSTRUCTION = (
     "Solve each math word problem by writing a Python function named solution() that returns the final "
@@ -78,12 +79,17 @@ EXAMPLES: tuple[tuple[str, str], ...] = (
 )
 
 _HEADER = "# solution in Python:"
+# What a PAL fine-tuned model (recipes/finetune_pal_lora.yaml) was trained on: the question and the header,
+# no instruction or examples: build_prompt(question, examples=(), instruction="").
+FINETUNED_PROMPT = {"examples": (), "instruction": ""}
 
 
-def build_prompt(question: str, examples: Sequence[tuple[str, str]] = EXAMPLES) -> str:
-    """The few-shot PAL prompt. The question is collapsed to one line so that its text cannot imitate the
-    prompt's structure (a fake example, a fake header); whatever it asks for, only extracted programs run."""
-    parts = [INSTRUCTION]
+def build_prompt(question: str, examples: Sequence[tuple[str, str]] = EXAMPLES, instruction: str = INSTRUCTION) -> str:
+    """The few-shot PAL prompt (zero-shot with `examples=()`; `instruction=""` drops the task description,
+    as in the fine-tuned model's prompt, `FINETUNED_PROMPT`). The question is collapsed to one line so that
+    its text cannot imitate the prompt's structure (a fake example, a fake header); whatever it asks for,
+    only extracted programs run."""
+    parts = [instruction] if instruction else []
     for q, program in examples:
         parts.append(f"Q: {' '.join(q.split())}\n\n{_HEADER}\n\n{program.strip()}")
     parts.append(f"Q: {' '.join(question.split())}\n\n{_HEADER}\n\n")
@@ -273,34 +279,85 @@ def solve(
     limits: Limits | None = None,
     workers: int = 2,
     examples: Sequence[tuple[str, str]] = EXAMPLES,
+    instruction: str = INSTRUCTION,
 ) -> PALResult:
     """Answer `question` with PAL: sample `k` programs (greedy when k=1 unless `temperature` is given),
     run each in the sandbox, vote over their values."""
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}")
-    temperature = (0.0 if k == 1 else 0.7) if temperature is None else temperature
-    completions = [str(c) for c in generate(build_prompt(question, examples), k, temperature)][:k]
-    programs = [extract_program(c) for c in completions]
-    runnable = [p for p in programs if p is not None]
-    results = iter(run_many(runnable, workers=workers, limits=limits or Limits()))
-    runs = [next(results) if p is not None else None for p in programs]
-    vote = majority_vote([run_value(r) for r in runs])
-    return PALResult(question, vote.answer, vote.count, completions, programs, runs)
+
+    def generate_many(prompts: Sequence[str], n: int, t: float) -> list[list[str]]:
+        return [generate(p, n, t) for p in prompts]
+
+    (result,) = solve_many(
+        [question],
+        generate_many,
+        k=k,
+        temperature=temperature,
+        limits=limits,
+        workers=workers,
+        examples=examples,
+        instruction=instruction,
+    )
+    return result
 
 
-def evaluate(
-    problems: Sequence[tuple[str, Scalar]],
-    generate: Generate,
+def solve_many(
+    questions: Sequence[str],
+    generate_many: GenerateMany,
     *,
     k: int = 1,
     temperature: float | None = None,
     limits: Limits | None = None,
     workers: int = 2,
+    examples: Sequence[tuple[str, str]] = EXAMPLES,
+    instruction: str = INSTRUCTION,
+) -> list[PALResult]:
+    """`solve` for many questions at once: one `generate_many` call (the engine decodes them in batches),
+    then every extracted program through the sandbox pool together. Bad arguments raise ConfigError before
+    anything is generated; after that nothing raises for a program's sake: `run_many` turns every sandbox
+    failure (the host's own included) into a run with an error kind."""
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    temperature = (0.0 if k == 1 else 0.7) if temperature is None else temperature
+    prompts = [build_prompt(q, examples, instruction) for q in questions]
+    outputs = generate_many(prompts, k, temperature)
+    completions = [[str(c) for c in out][:k] for out in outputs]
+    programs = [[extract_program(c) for c in cs] for cs in completions]
+    runnable = [p for ps in programs for p in ps if p is not None]
+    results = iter(run_many(runnable, workers=workers, limits=limits or Limits()))
+    out = []
+    for question, cs, ps in zip(questions, completions, programs):
+        runs = [next(results) if p is not None else None for p in ps]
+        vote = majority_vote([run_value(r) for r in runs])
+        out.append(PALResult(question, vote.answer, vote.count, cs, ps, runs))
+    return out
+
+
+def evaluate(
+    problems: Sequence[tuple[str, Scalar]],
+    generate_many: GenerateMany,
+    *,
+    k: int = 1,
+    temperature: float | None = None,
+    limits: Limits | None = None,
+    workers: int = 2,
+    examples: Sequence[tuple[str, str]] = EXAMPLES,
+    instruction: str = INSTRUCTION,
 ) -> dict:
     """Accuracy of PAL on (question, gold answer) pairs, plus how often programs failed and why."""
+    results = solve_many(
+        [q for q, _ in problems],
+        generate_many,
+        k=k,
+        temperature=temperature,
+        limits=limits,
+        workers=workers,
+        examples=examples,
+        instruction=instruction,
+    )
     correct, errors, no_program = 0, {}, 0
-    for question, gold in problems:
-        result = solve(question, generate, k=k, temperature=temperature, limits=limits, workers=workers)
+    for result, (_, gold) in zip(results, problems):
         correct += result.is_correct(gold)
         no_program += sum(p is None for p in result.programs)
         for run in result.runs:
@@ -310,24 +367,39 @@ def evaluate(
     return {"n": n, "k": k, "accuracy": correct / n if n else 0.0, "errors": errors, "no_program": no_program}
 
 
-def engine_generate(engine, config=None, *, chat: bool = False) -> Generate:
-    """Adapt an `lmstack.generate.engine.Engine` to the `generate(prompt, n, temperature)` callable. The n
-    samples are decoded as one batch; completions stop at the next few-shot question. With `chat=True` the
-    few-shot prompt is sent as one user turn through the model's chat template."""
+def engine_generate_many(engine, config=None, *, chat: bool = False, batch_size: int = 16) -> GenerateMany:
+    """Adapt an `lmstack.generate.engine.Engine` to `generate_many(prompts, n, temperature)`: every prompt's
+    n samples, decoded `batch_size` rows at a time; completions stop at the next few-shot question. With
+    `chat=True` each prompt is sent as one user turn through the model's chat template."""
     from dataclasses import replace
 
     from lmstack.generate.sampling import GenerationConfig
 
     base = config or GenerationConfig(max_new_tokens=256)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
 
-    def generate(prompt: str, n: int, temperature: float) -> list[str]:
+    def generate_many(prompts: Sequence[str], n: int, temperature: float) -> list[list[str]]:
         cfg = replace(
             base,
             temperature=temperature,
             top_p=base.top_p if temperature == 0 or base.top_p < 1.0 else 0.95,
             stop=tuple(base.stop) + ("\nQ:",),
         )
-        item = [{"role": "user", "content": prompt}] if chat else prompt
-        return [c.text for c in engine.generate([item] * n, cfg)]
+        items = [[{"role": "user", "content": p}] if chat else p for p in prompts for _ in range(n)]
+        texts = []
+        for i in range(0, len(items), batch_size):
+            texts += [c.text for c in engine.generate(items[i : i + batch_size], cfg)]
+        return [texts[j * n : (j + 1) * n] for j in range(len(prompts))]
+
+    return generate_many
+
+
+def engine_generate(engine, config=None, *, chat: bool = False) -> Generate:
+    """`engine_generate_many` for one prompt: `generate(prompt, n, temperature)`, the n samples as one batch."""
+    many = engine_generate_many(engine, config, chat=chat, batch_size=1 << 30)
+
+    def generate(prompt: str, n: int, temperature: float) -> list[str]:
+        return many([prompt], n, temperature)[0]
 
     return generate

@@ -8,7 +8,7 @@
   penalty, and stops on its own at eos, a stop id or a stop string.
 - `stream()` yields text pieces that never split a UTF-8 character and never show a stop string.
 - Prompts are token ids, or (`generate_embeds`) input embeddings, e.g. a soft prompt before the tokens'
-  embeddings.
+  embeddings, or token ids behind one shared soft prompt (`prefix_embeds`: prompt tuning).
 - `GenerationConfig(logprobs=True)` records each sampled token's log-probability (RL ratios, KL terms);
   `rollout.pad_completions` turns a batch of completions into tensors.
 
@@ -169,11 +169,24 @@ class Engine:
             raise DataError("every prompt needs at least one embedding vector")
         return [e.detach() for e in inputs_embeds]
 
+    @torch.no_grad()
+    def _prefixed(self, prompts: Sequence[Sequence[int]], prefix: Tensor) -> list[Tensor]:
+        """Each row's embeddings: the soft prompt `prefix` (n, d_model), then the prompt's token embeddings."""
+        table, vocab = self.model.embed.tokens.weight, self.model.cfg.vocab_size
+        if not isinstance(prefix, Tensor) or prefix.ndim != 2 or prefix.shape[1] != table.shape[1]:
+            raise DataError(f"prefix_embeds must be one (n_tokens, {table.shape[1]}) tensor")
+        if any(not 0 <= t < vocab for p in prompts for t in p):
+            raise DataError(f"prompt token ids must be in [0, {vocab})")
+        prefix = prefix.detach().to(table.device, table.dtype)
+        rows = [torch.tensor([int(t) for t in p], dtype=torch.long, device=table.device) for p in prompts]
+        return [torch.cat([prefix, table[ids]]) for ids in rows]
+
     def steps(
         self,
         prompts: Sequence[Sequence[int]] | None,
         config: GenerationConfig,
         inputs_embeds: Sequence[Tensor] | None = None,
+        prefix_embeds: Tensor | None = None,
     ) -> Iterator[tuple[list[_Row], list[str]]]:
         """Run generation; after every step yield the rows (their `ids`, `done`, `finish_reason`) and the
         text piece each row released. The first yield comes right after the prefill; use this for
@@ -181,9 +194,18 @@ class Engine:
 
         Prompts are token ids, or (`prompts=None`) `inputs_embeds`: one (T_i, d_model) tensor per row, which
         replaces the token lookup (positions are still added); the repetition penalty then counts generated
-        tokens only, as there are no prompt ids."""
+        tokens only, as there are no prompt ids.
+
+        `prefix_embeds` (n, d_model) with token-id prompts: a soft prompt (prompt tuning) put before every
+        row's token embeddings; the repetition penalty still counts the prompt ids, `prompt_tokens` counts
+        the n prefix vectors too (they take context)."""
         if (prompts is None) == (inputs_embeds is None):
             raise ConfigError("pass exactly one of prompts (token ids) and inputs_embeds")
+        prompt_ids = None
+        if prefix_embeds is not None:
+            if prompts is None:
+                raise ConfigError("prefix_embeds go with token-id prompts; prepend them to inputs_embeds yourself")
+            prompt_ids, inputs_embeds, prompts = prompts, self._prefixed(prompts, prefix_embeds), None
         embeds = None if inputs_embeds is None else self._prompt_embeds(inputs_embeds)
         lens = [len(p) for p in prompts] if embeds is None else [e.shape[0] for e in embeds]
         if not lens:
@@ -239,6 +261,8 @@ class Engine:
                 if ids is not None
                 else torch.zeros(bsz, vocab, dtype=torch.bool, device=dev)
             )
+            for i, p in enumerate(() if prompt_ids is None else prompt_ids):  # behind a soft prompt: ids count
+                seen[i, [int(t) for t in p]] = True
         cache = self.fast.new_cache(bsz, total)
         packed = self.fast.packs_weights
         if packed:
@@ -270,10 +294,14 @@ class Engine:
             logits = self.fast(nxt[:, None], pos, cache, keys[:, None, None] if packed and padded else keys)
 
     def generate_ids(
-        self, prompts: Sequence[Sequence[int]], config: GenerationConfig | None = None
+        self,
+        prompts: Sequence[Sequence[int]],
+        config: GenerationConfig | None = None,
+        prefix_embeds: Tensor | None = None,
     ) -> list[Completion]:
-        """Generate for a batch of tokenised prompts at once."""
-        return self._complete(self.steps(prompts, config or GenerationConfig()))
+        """Generate for a batch of tokenised prompts at once; `prefix_embeds` (n, d_model): a soft prompt
+        before every row (see `steps`)."""
+        return self._complete(self.steps(prompts, config or GenerationConfig(), prefix_embeds=prefix_embeds))
 
     def generate_embeds(
         self, inputs_embeds: Sequence[Tensor], config: GenerationConfig | None = None

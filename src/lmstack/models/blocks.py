@@ -120,18 +120,34 @@ def default_positions(input_ids: Tensor, start: int, attention_mask: Tensor | No
     return pos.clamp_(min=0)[:, -seq:]
 
 
+def segment_positions(segment_ids: Tensor) -> Tensor:
+    """Position ids (B, T) that restart at 0 where each segment (a contiguous run of one id) begins, so a
+    sample packed after others is positioned exactly as it would be alone."""
+    idx = torch.arange(segment_ids.shape[1], device=segment_ids.device).expand_as(segment_ids)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return idx - torch.where(starts, idx, torch.zeros_like(idx)).cummax(-1).values
+
+
 # ----------------------------------------------------------------------------- masks and cache
 
 
 def build_attention_mask(
-    q_len: int, k_len: int, causal: bool, key_padding: Tensor | None, device: torch.device
+    q_len: int,
+    k_len: int,
+    causal: bool,
+    key_padding: Tensor | None,
+    device: torch.device,
+    segment_ids: Tensor | None = None,
 ) -> tuple[Tensor | None, bool]:
     """Return (bool mask broadcastable to (B, H, q_len, k_len) with True = attend, is_causal flag).
 
-    Uses SDPA's fast `is_causal` path when no padding is involved. A query row that may attend to no key
-    (a padding query) attends to all keys instead of producing NaN; its output is ignored anyway.
+    Uses SDPA's fast `is_causal` path when no padding or segments are involved. `segment_ids` (B, k_len),
+    like `key_padding`, covers cached keys too: a query attends only to keys of its own segment (packed
+    samples stay independent; block-diagonal attention). A query row that may attend to no key (a padding
+    query) attends to all keys instead of producing NaN; its output is ignored anyway.
     """
-    if key_padding is None:
+    if key_padding is None and segment_ids is None:
         if not causal or q_len == 1:
             return None, False
         if q_len == k_len:
@@ -142,6 +158,8 @@ def build_attention_mask(
     mask = mask[None, None]
     if key_padding is not None:
         mask = mask & key_padding[:, None, None, :].bool()
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, None, -q_len:, None] == segment_ids[:, None, None, :])
     mask = mask | ~mask.any(-1, keepdim=True)
     return mask, False
 

@@ -16,6 +16,7 @@ from lmstack.models.blocks import (
     build_attention_mask,
     default_positions,
     init_weights,
+    segment_positions,
 )
 from lmstack.models.config import ModelConfig
 from lmstack.models.norms import make_norm
@@ -47,10 +48,13 @@ class DecoderLM(nn.Module):
         positions: Tensor | None = None,
         cache: KVCache | None = None,
         inputs_embeds: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """Final-norm hidden states (B, T, d). `attention_mask` (B, past + T), 1 = real token, covers the
         cached tokens too; `positions` default to counting real tokens. `inputs_embeds` (B, T, d) replaces
-        the token lookup (soft prompts, prompt tuning); give it or `input_ids`, not both."""
+        the token lookup (soft prompts, prompt tuning); give it or `input_ids`, not both. `segment_ids`
+        (B, past + T) packs several samples in a row: each contiguous run of one id attends only to itself
+        and, by default, counts its positions from 0."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         # only the (B, T) shape and the device of `tokens` are read below
@@ -59,11 +63,13 @@ class DecoderLM(nn.Module):
         seq = tokens.shape[1]
         if start + seq > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + seq} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-        if positions is None:
+        if positions is None and segment_ids is not None:
+            positions = segment_positions(segment_ids)[:, -seq:]
+        elif positions is None:
             positions = default_positions(tokens, start, attention_mask)
         x = self.embed(input_ids, positions, inputs_embeds=inputs_embeds)
         rope = self.rope(positions) if self.rope is not None else None
-        mask, is_causal = build_attention_mask(seq, start + seq, True, attention_mask, tokens.device)
+        mask, is_causal = build_attention_mask(seq, start + seq, True, attention_mask, tokens.device, segment_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, mask, is_causal, rope, cache, i)
         if cache is not None:
@@ -77,9 +83,11 @@ class DecoderLM(nn.Module):
         positions: Tensor | None = None,
         cache: KVCache | None = None,
         inputs_embeds: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, T, vocab) of token ids or of input embeddings (see `hidden_states`)."""
-        return self.lm_head(self.hidden_states(input_ids, attention_mask, positions, cache, inputs_embeds))
+        hidden = self.hidden_states(input_ids, attention_mask, positions, cache, inputs_embeds, segment_ids)
+        return self.lm_head(hidden)
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

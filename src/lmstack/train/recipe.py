@@ -19,7 +19,10 @@ from lmstack.errors import ConfigError
 from lmstack.process_group import barrier, setup_distributed, teardown_distributed
 from lmstack.train.loop import TrainingJob, quiet, train
 
-KINDS = {"pretrain": "lmstack.train.pretrain"}  # recipe kind → the module that builds its jobs
+KINDS = {
+    "pretrain": "lmstack.train.pretrain",
+    "finetune": "lmstack.finetune.recipe",
+}  # recipe kind → the module that builds its jobs
 
 
 def kind_module(kind: Any) -> ModuleType:
@@ -29,14 +32,15 @@ def kind_module(kind: Any) -> ModuleType:
     return importlib.import_module(KINDS[kind])
 
 
-def recipe_from_dict(data: dict[str, Any]) -> Any:
-    """Validate a recipe mapping into its kind's frozen dataclass."""
-    return kind_module(data.get("kind", "pretrain")).recipe_from_dict(data)
+def recipe_from_dict(data: dict[str, Any], default_kind: str = "pretrain") -> Any:
+    """Validate a recipe mapping into its kind's frozen dataclass (`default_kind` when it names none)."""
+    data = {"kind": default_kind, **data}
+    return kind_module(data["kind"]).recipe_from_dict(data)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Any:
+def load_recipe(path: str | Path, overrides: list[str] | None = None, default_kind: str = "pretrain") -> Any:
     """Parse and validate a recipe file; overrides like `train.steps=50` win over the file."""
-    return recipe_from_dict(apply_overrides(load_yaml(path), overrides or []))
+    return recipe_from_dict(apply_overrides(load_yaml(path), overrides or []), default_kind)
 
 
 def build_job(recipe: Any, run_dir: Path | None = None, log=print) -> tuple[TrainingJob, Any]:
@@ -44,12 +48,12 @@ def build_job(recipe: Any, run_dir: Path | None = None, log=print) -> tuple[Trai
     return kind_module(recipe.kind).build_job(recipe, run_dir, log)
 
 
-def run_recipe(path: str | Path, overrides: list[str] | None = None, log=print) -> dict:
+def run_recipe(path: str | Path, overrides: list[str] | None = None, log=print, default_kind: str = "pretrain") -> dict:
     """Load, validate and train a recipe; returns the loop's summary.
 
     Under torchrun every rank runs this unchanged: rank 0 prepares the run directory (tokenizer, token
     cache) while the others wait, then they read it."""
-    recipe = load_recipe(path, overrides)
+    recipe = load_recipe(path, overrides, default_kind)
     cfg = recipe.train
     ctx = setup_distributed(cfg.device, cfg.strategy, cfg.dist_timeout_s)
     ok = False
@@ -65,7 +69,11 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, log=print) 
         if not ctx.is_main:
             job, _ = build_job(recipe, run_dir, log)
         n = sum(p.numel() for p in job.model.parameters())
-        log(f"{recipe.name} ({recipe.kind}): {recipe.model.family} with {n / 1e6:.2f}M parameters")
+        trainable = sum(p.numel() for p in job.model.parameters() if p.requires_grad)
+        log(
+            f"{recipe.name} ({recipe.kind}): {job.model.cfg.family} with {n / 1e6:.2f}M parameters, "
+            f"{trainable / 1e6:.2f}M trainable ({100 * trainable / max(n, 1):.2f}%)"
+        )
         summary = train(job, cfg, run_dir, log, ctx=ctx)
         ok = True
         return summary

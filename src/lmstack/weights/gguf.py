@@ -1,4 +1,4 @@
-"""Llama-architecture GGUF files (llama.cpp's format) → `DecoderLM` + `Tokenizer`, and back.
+"""Llama-architecture GGUF files (llama.cpp's format) → `DecoderLM` + `Tokenizer` (writing: `gguf_write.py`).
 
 Everything comes from the file: the config from `llama.*` metadata, the byte-level BPE tokenizer from
 `tokenizer.ggml.*` (tokens + merges), the chat template from `tokenizer.chat_template`, the weights
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf import quants as gguf_quants
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -254,113 +254,3 @@ def _materialise_buffers(model: torch.nn.Module) -> None:
     for name, buf in model.named_buffers():
         if buf.is_meta:
             raise WeightsError(f"buffer {name} was not materialised")
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def save_gguf(
-    model: DecoderLM, tokenizer: Tokenizer, path: str | os.PathLike, qtype: str = "F32", name: str = "lmstack"
-) -> Path:
-    """Write a Llama-style `DecoderLM` (+ its byte-level BPE tokenizer) as a GGUF file llama.cpp can run.
-
-    `qtype` is one of SUPPORTED_TYPES; norms stay F32 as llama.cpp expects. Written atomically.
-    """
-    cfg = model.cfg
-    if cfg.norm != "rmsnorm" or cfg.mlp != "swiglu" or cfg.position != "rope" or cfg.bias:
-        raise WeightsError("save_gguf writes Llama-style decoders only (rmsnorm, swiglu, rope, no biases)")
-    if qtype not in SUPPORTED_TYPES:
-        raise WeightsError(f"qtype {qtype!r} not supported; choose one of {', '.join(SUPPORTED_TYPES)}")
-    qt = GGMLQuantizationType[qtype]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    w = GGUFWriter(tmp, "llama")
-    w.add_name(name)
-    w.add_block_count(cfg.n_layers)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.d_model)
-    w.add_feed_forward_length(cfg.d_ff)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.kv_heads)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    _write_tokenizer(w, tokenizer, cfg.vocab_size)
-
-    sd = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-
-    def put(gname: str, arr: np.ndarray, quantize: bool = True) -> None:
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not quantize or qt == GGMLQuantizationType.F32 or arr.ndim == 1:
-            w.add_tensor(gname, arr)
-        elif qt == GGMLQuantizationType.F16:
-            w.add_tensor(gname, arr.astype(np.float16))
-        else:
-            if arr.shape[-1] % gguf_quants.GGML_QUANT_SIZES[qt][0]:
-                raise WeightsError(f"{gname}: row length {arr.shape[-1]} is not a multiple of the {qtype} block")
-            w.add_tensor(gname, gguf_quants.quantize(arr, qt), raw_dtype=qt)  # shape from bytes
-
-    put("token_embd.weight", sd["embed.tokens.weight"])
-    put("output_norm.weight", sd["norm.weight"], quantize=False)
-    if not cfg.tie_embeddings:
-        put("output.weight", sd["lm_head.weight"])
-    q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    for i in range(cfg.n_layers):
-        b, o = f"blk.{i}.", f"layers.{i}."
-        qkv = sd[o + "attn.qkv_proj.weight"]
-        put(b + "attn_q.weight", permute_qk(qkv[:q_dim], cfg.n_heads))
-        put(b + "attn_k.weight", permute_qk(qkv[q_dim : q_dim + kv_dim], cfg.kv_heads))
-        put(b + "attn_v.weight", qkv[q_dim + kv_dim :])
-        put(b + "attn_output.weight", sd[o + "attn.o_proj.weight"])
-        put(b + "attn_norm.weight", sd[o + "attn_norm.weight"], quantize=False)
-        put(b + "ffn_norm.weight", sd[o + "mlp_norm.weight"], quantize=False)
-        gate, up = np.split(sd[o + "mlp.up_proj.weight"], 2)
-        put(b + "ffn_gate.weight", gate)
-        put(b + "ffn_up.weight", up)
-        put(b + "ffn_down.weight", sd[o + "mlp.down_proj.weight"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, path)
-    return path
-
-
-def _write_tokenizer(w: GGUFWriter, tokenizer: Tokenizer, vocab_size: int) -> None:
-    import json
-
-    spec = json.loads(tokenizer.hf.to_str())
-    model = spec.get("model", {})
-    if model.get("type") != "BPE":
-        raise WeightsError("save_gguf needs a byte-level BPE tokenizer")
-    vocab: dict[str, int] = dict(model["vocab"])
-    specials = set()
-    for tok in spec.get("added_tokens", []):
-        vocab[tok["content"]] = tok["id"]
-        if tok.get("special"):
-            specials.add(tok["id"])
-    n = max(vocab_size, max(vocab.values()) + 1)
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    types = [1] * n
-    for tok, i in vocab.items():
-        tokens[i] = tok
-        if i in specials:
-            types[i] = _TOKEN_CONTROL
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    for role, setter in (
-        ("bos_id", w.add_bos_token_id),
-        ("eos_id", w.add_eos_token_id),
-        ("pad_id", w.add_pad_token_id),
-    ):
-        tid = getattr(tokenizer, role)
-        if tid is not None:
-            setter(tid)
-    w.add_add_bos_token(False)
-    if tokenizer.chat_template:
-        w.add_chat_template(tokenizer.chat_template)

@@ -120,7 +120,13 @@ def _first(value: Any) -> int | None:
 
 
 def hf_family(cfg: ModelConfig) -> str:
-    """Which HF layout an lmstack config corresponds to ("llama", "gpt2" or "bert")."""
+    """Which HF layout an lmstack config corresponds to ("llama", "gpt2" or "bert"). BitNet models have none:
+    their BitLinear layers (ternary weights, per-layer norms) would load in `transformers` as dense ones."""
+    if cfg.bitnet:
+        raise WeightsError(
+            "a BitNet model has no HF layout (transformers would read its ternary BitLinear layers as dense "
+            "ones); save an lmstack checkpoint, or pack it with `lmstack quantize --bitnet`"
+        )
     if (
         cfg.family == "decoder"
         and cfg.norm == "rmsnorm"
@@ -530,6 +536,14 @@ def save_hf(
     tensors are split over `model-0000i-of-0000n.safetensors` files plus an index. The directory is
     assembled in a temporary sibling and renamed into place."""
     directory = Path(directory)
+    adapted = [
+        n for n, m in model.named_modules() if set(getattr(m, "lora_active", ())) - set(getattr(m, "lora_merged", ()))
+    ]
+    if adapted:  # the base's names would be saved without the adapters' contribution
+        raise WeightsError(
+            f"{adapted[0]} carries active LoRA adapters, which an HF model directory cannot hold: merge them "
+            "first (lmstack.finetune.lora.unload_lora(model, merge=True)) or save them with save_adapter"
+        )
     family_cfg = config_to_hf(model.cfg, mlm_head=getattr(model, "mlm_head", None) is not None)
     tensors = state_dict_to_hf(model)
     with atomic_directory(directory) as tmp:

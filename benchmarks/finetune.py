@@ -1,0 +1,307 @@
+"""Fine-tuning SmolLM2-135M-Instruct to write PAL programs: the bare model few-shot vs LoRA / full fine-tuning /
+prompt tuning / a CoT-format run, each scored by running its generated programs (or reading its CoT answer)
+on held-out problems, plus one LoRA training step timed against peft + transformers in the same run.
+
+    python -m benchmarks.finetune --rows base,lora8 --step        # the rows and the step comparison
+    python -m benchmarks.finetune --rows lora8 --run lora8=runs/pal-lora   # score a run trained before
+    python -m benchmarks.finetune --quick                         # smoke run (a few problems, 2 steps)
+
+Each training row runs `recipes/finetune_pal_lora.yaml` with its overrides (fixed seeds; settings chosen on
+the validation split, scores on the test split and on `math_word_hard`'s test split). Results accumulate in
+docs/results/finetune.json (rows run again replace their old figures), so rows can be run one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import RESULTS, markdown_table, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "finetune_pal_lora.yaml"
+COT_PROMPT = "Q: {question}\n\nLet's think step by step."
+ROWS: dict[str, dict[str, Any]] = {  # row → recipe overrides ("base": no training)
+    "base": {},
+    "lora8": {"overrides": []},
+    "lora4": {"overrides": ["lora.r=4", "lora.alpha=8"]},
+    "lora16": {"overrides": ["lora.r=16", "lora.alpha=32"]},
+    "full": {"overrides": ["method=full", "train.lr=5e-5"]},
+    "prompt20": {"overrides": ["method=prompt_tuning", "prompt_tuning.n_tokens=20", "train.lr=3e-2"]},
+    "cot": {"overrides": [], "cot": True},
+}
+LABELS = {
+    "base": "bare model, 4-shot PAL prompt",
+    "lora8": "LoRA r=8 (all linear layers) — the shipped adapter's recipe",
+    "lora4": "LoRA r=4",
+    "lora16": "LoRA r=16",
+    "full": "full fine-tuning",
+    "prompt20": "prompt tuning, 20 virtual tokens",
+    "cot": "LoRA r=8 on CoT rationales (answer read from the text)",
+}
+
+
+def problems(task: str, n: int) -> list[dict[str, Any]]:
+    from lmstack.data.tasks import generate
+
+    return generate(task, n, seed=0, split="test")["items"]
+
+
+def run_metrics(run_dir: Path) -> dict[str, Any]:
+    """Wall time, median step time, peak model-state memory, Adam state and trainable share of a run."""
+    from lmstack.train.metrics import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    times = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(steps, steps[1:])]
+    per_step = [t / max(b["step"] - a["step"], 1) for t, a, b in zip(times, steps, steps[1:])]
+    memory = next((r["memory"] for r in records if "memory" in r), None)
+    rank = memory["ranks"][0] if memory else None
+    vals = [r["val_loss"] for r in records if "val_loss" in r]
+    return {
+        "steps": steps[-1]["step"] if steps else 0,
+        "train_wall_s": round(steps[-1]["elapsed_s"], 1) if steps else None,
+        "step_s": round(statistics.median(per_step), 2) if per_step else None,
+        "peak_model_state_mb": round(rank["peak"]["total"] / 2**20, 1) if rank else None,
+        "optimizer_state_mb": round(rank["at_rest"]["optim"] / 2**20, 2) if rank else None,
+        "val_loss": vals[-1] if vals else None,
+    }
+
+
+def trainable_pct(run_dir: Path) -> float:
+    """Trained parameters as a share of the base's (100 for full fine-tuning)."""
+    from lmstack.finetune.load import load_finetuned
+    from lmstack.finetune.lora import is_lora_key
+    from lmstack.finetune.prompt_tuning import is_prompt_key
+
+    model, _ = load_finetuned(run_dir)
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    extra = sum(v for n, v in sizes.items() if is_lora_key(n) or is_prompt_key(n))
+    return 100.0 * (extra or sum(sizes.values())) / (sum(sizes.values()) - extra)
+
+
+def train_row(row: str, out: Path, quick: bool) -> Path:
+    from lmstack.train.recipe import run_recipe
+
+    overrides = [f"out_dir={out}", "train.progress=false", *ROWS[row]["overrides"]]
+    if ROWS[row].get("cot"):
+        overrides += [
+            f"data.datasets=[{{name: cot, task: math_word, n: 2000, n_val: 32, prompt: {json.dumps(COT_PROMPT)}, "
+            "completion: '{rationale}'}]"
+        ]
+    if quick:
+        overrides += ["train.steps=2", "train.eval_every=0", "train.eval_batches=1", "train.save_every=0"]
+    run_recipe(RECIPE, overrides, log=lambda m: print(f"  [{row}] {m}", flush=True), default_kind="finetune")
+    return out
+
+
+def score(row: str, run_dir: Path | None, n: int, batch_size: int) -> dict[str, Any]:
+    """Accuracy on the test and hard splits (greedy, k=1), and the wall time of scoring."""
+    from lmstack.augment.pal import EXAMPLES, FINETUNED_PROMPT, INSTRUCTION, engine_generate_many, evaluate
+    from lmstack.data.tasks.answers import extract_answer, is_correct
+    from lmstack.finetune.load import load_finetuned
+    from lmstack.finetune.prompt_tuning import PromptTuned, generate_with_prompt
+    from lmstack.generate.engine import Engine
+    from lmstack.generate.sampling import GenerationConfig
+
+    model, tok = load_finetuned(run_dir if run_dir is not None else "smollm2", merge=True)
+    prompt_tuned = isinstance(model, PromptTuned)
+    engine = Engine(model.base if prompt_tuned else model, tok, mode="fp32")
+    config = GenerationConfig(max_new_tokens=256 if row == "base" else 224)
+    out: dict[str, Any] = {}
+    for task in ("math_word", "math_word_hard"):
+        items = problems(task, n)
+        start = time.perf_counter()
+        if ROWS[row].get("cot"):
+            chats = [[{"role": "user", "content": COT_PROMPT.format(question=i["question"])}] for i in items]
+            texts = []
+            for j in range(0, len(chats), batch_size):
+                texts += [c.text for c in engine.generate(chats[j : j + batch_size], config)]
+            correct = sum(
+                (a := extract_answer(t)) is not None and is_correct(a, i["answer"]) for t, i in zip(texts, items)
+            )
+            report = {"n": len(items), "accuracy": correct / len(items)}
+        else:
+            if prompt_tuned:
+
+                def generate_many(prompts, k, temperature):
+                    chats = [[{"role": "user", "content": p}] for p in prompts for _ in range(k)]
+                    texts = []
+                    for j in range(0, len(chats), batch_size):
+                        done = generate_with_prompt(engine, model, chats[j : j + batch_size], config)
+                        texts += [c.text for c in done]
+                    return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+            else:
+                generate_many = engine_generate_many(engine, config, chat=row != "base", batch_size=batch_size)
+            style = {"examples": EXAMPLES, "instruction": INSTRUCTION} if row == "base" else FINETUNED_PROMPT
+            report = evaluate([(i["question"], i["answer"]) for i in items], generate_many, **style)
+        out[task] = {**report, "wall_s": round(time.perf_counter() - start, 1)}
+        print(f"  [{row}] {task}: {report['accuracy']:.1%} of {len(items)} ({out[task]['wall_s']} s)", flush=True)
+    n_params = sum(p.numel() for p in model.parameters())
+    out["params"] = n_params
+    return out
+
+
+def lora_step_times(repeats: int, seq: int = 160, batch: int = 8) -> dict[str, Any]:
+    """One LoRA (r=8, all linear layers) AdamW step on SmolLM2, ours vs peft on transformers' Llama, same
+    weights, batch and thread count; median seconds over `repeats` steps after one warm-up."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from lmstack.finetune.lora import LoRAConfig, apply_lora, lora_parameters
+    from lmstack.weights.load import load_pretrained, smollm_gguf_path
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 49152, (batch, seq))
+    ours, _ = load_pretrained("smollm2")
+    apply_lora(ours, LoRAConfig(r=8, alpha=16, targets="all-linear"))
+    ours.train()
+    opt = torch.optim.AdamW(lora_parameters(ours), lr=1e-4)
+
+    def our_step():
+        logits = ours(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    path = smollm_gguf_path()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
+    peft_model = get_peft_model(hf, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    peft_model.train()
+    popt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+
+    def peft_step():
+        loss = peft_model(input_ids=ids[:, :-1], labels=None).logits
+        loss = torch.nn.functional.cross_entropy(loss.flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        popt.step()
+        popt.zero_grad(set_to_none=True)
+
+    times: dict[str, list[float]] = {"lmstack": [], "peft": []}
+    for i in range(repeats + 1):  # interleaved, so both see the same machine load
+        for name, fn in (("lmstack", our_step), ("peft", peft_step)):
+            t = time.perf_counter()
+            fn()
+            if i:
+                times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "batch": batch,
+        "seq": seq,
+        "repeats": repeats,
+        "lmstack_s": round(med["lmstack"], 3),
+        "peft_s": round(med["peft"], 3),
+        "speedup": round(med["peft"] / med["lmstack"], 3),
+        "trainable_lmstack": sum(p.numel() for p in lora_parameters(ours)),
+        "trainable_peft": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
+    }
+
+
+def render(data: dict[str, Any]) -> tuple[str, str]:
+    rows = []
+    for name in ROWS:
+        r = data["rows"].get(name)
+        if r is None:
+            continue
+        m, s = r.get("run", {}), r["score"]
+        trainable = r.get("trainable_pct")
+        rows.append(
+            [
+                LABELS[name],
+                f"{s['math_word']['accuracy']:.1%}",
+                f"{s['math_word_hard']['accuracy']:.1%}",
+                "—" if trainable is None else f"{trainable:.2f}%",
+                m.get("peak_model_state_mb", "—"),
+                m.get("optimizer_state_mb", "—"),
+                m.get("step_s", "—"),
+                m.get("train_wall_s", "—"),
+                f"{s['math_word']['wall_s'] + s['math_word_hard']['wall_s']:.0f}",
+            ]
+        )
+    header = [
+        "run",
+        "test acc",
+        "hard acc",
+        "trainable",
+        "model-state peak (MiB)",
+        "Adam state (MiB)",
+        "step (s)",
+        "train wall (s)",
+        "scoring wall (s)",
+    ]
+    table = markdown_table(header, rows)
+    n = next(iter(data["rows"].values()))["score"]["math_word"]["n"] if data["rows"] else 0
+    notes = [
+        f"Greedy decoding (k=1), {n} problems per split: the task suite's `math_word` and `math_word_hard` test "
+        "splits (seed 0), never seen in training or model selection. A PAL answer counts when the generated "
+        "program, run in the sandbox, returns the gold number (relative tolerance 1e-4). Fine-tuned rows use "
+        "the zero-shot prompt they were trained on (`pal.FINETUNED_PROMPT`, chat template); the bare row uses "
+        "the 4-shot PAL prompt. Model-state memory = parameters + gradients + Adam state, as measured by the "
+        "training loop's probe at step 1."
+    ]
+    step = data.get("step")
+    if step:
+        notes.append(
+            f"\nOne LoRA training step (r=8, all linear layers, AdamW, batch {step['batch']} × {step['seq']} tokens, "
+            f"fp32, median of {step['repeats']} interleaved steps): lmstack {step['lmstack_s']} s, peft + "
+            f"transformers {step['peft_s']} s — **{step['speedup']}×** (trainable parameters: "
+            f"{step['trainable_lmstack']:,} vs {step['trainable_peft']:,})."
+        )
+    return table, "\n".join(notes)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", default="base,lora8", help=f"comma-separated, from {', '.join(ROWS)}")
+    p.add_argument("--run", action="append", default=[], help="ROW=RUN_DIR: score a run trained before")
+    p.add_argument("--n", type=int, default=100, help="problems per split")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--step", action="store_true", help="also time one LoRA step against peft")
+    p.add_argument("--step-repeats", type=int, default=5)
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "finetune"), help="where training rows run")
+    p.add_argument("--quick", action="store_true", help="smoke run: 4 problems, 2 training steps, lora8 only")
+    args = p.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    rows = ["lora8"] if args.quick else [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    given = dict(item.split("=", 1) for item in args.run)
+    n = 4 if args.quick else args.n
+    previous = RESULTS / "finetune.json"
+    data = {"rows": {}, "step": None}
+    if previous.is_file() and not args.quick:
+        old = json.loads(previous.read_text())
+        data = {"rows": old.get("rows", {}), "step": old.get("step")}
+    for row in rows:
+        start = time.perf_counter()
+        run_dir = None
+        record: dict[str, Any] = {}
+        if row != "base":
+            run_dir = Path(given[row]) if row in given else train_row(row, Path(args.out) / row, args.quick)
+            record["run"] = run_metrics(run_dir)
+            record["run_dir"] = str(run_dir)
+        record["score"] = score(row, run_dir, n, args.batch_size)
+        if row != "base":
+            record["trainable_pct"] = trainable_pct(run_dir)
+        record["wall_s"] = round(time.perf_counter() - start, 1)
+        data["rows"][row] = record
+    if args.step or args.quick:
+        data["step"] = lora_step_times(1 if args.quick else args.step_repeats)
+    table, notes = render(data)
+    if args.quick:
+        print(table)
+        print(notes)
+        return
+    print(write_results("finetune", data, table, notes))
+
+
+if __name__ == "__main__":
+    main()
