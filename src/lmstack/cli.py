@@ -425,6 +425,15 @@ def _read_questions(path: str) -> list[str]:
 def _cmd_pal(args: argparse.Namespace) -> int:
     from lmstack.augment.sandbox import Limits, run_program
 
+    if args.layers:  # what the sandbox gets on this machine, and what it lacks (exit status 1 if anything)
+        from lmstack.augment.sandbox import probe_layers
+
+        probe = probe_layers()
+        print("active: " + (", ".join(probe.layers) or "none"))
+        print("missing: " + (", ".join(probe.missing) or "none"))
+        if not probe.ok:
+            print(f"error: the probe run failed ({probe.error}): {probe.message}", file=sys.stderr)
+        return 0 if probe.ok and not probe.missing else 1
     limits = Limits(cpu_s=args.cpu_s, wall_s=args.wall_s, memory_mb=args.memory_mb)
     if args.program:  # run a given program in the sandbox, no model
         with open(args.program, encoding="utf-8") as f:
@@ -490,6 +499,7 @@ def _add_pal(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action="store_true", help="send the few-shot prompt through the chat template")
     p.add_argument("--show-programs", action="store_true", help="print each program and what it returned")
     p.add_argument("--program", default=None, help="skip the model: run this PAL program file in the sandbox")
+    p.add_argument("--layers", action="store_true", help="print the sandbox layers active and missing here, then exit")
     p.add_argument("--workers", type=int, default=2, help="sandbox processes running at once")
     p.add_argument("--cpu-s", type=int, default=2, help="CPU seconds per program")
     p.add_argument("--wall-s", type=float, default=5.0, help="wall-clock seconds per program")

@@ -104,7 +104,10 @@ ATTACKS = [
     Attack("eval", "answer = eval(\"__import__('os').getcwd()\")\n", POLICY),
     Attack("compile", "c = compile('1 + 1', 'x', 'eval')\n", POLICY),
     # --- getattr / vars / globals / locals / string-built names
-    Attack("getattr_string_built", "answer = str(getattr(1, '__cla' + 'ss__'))\n", POLICY),
+    # getattr is the guarded one: a name built at run time meets the same rules as `x.name` (issue 14)
+    Attack(
+        "getattr_string_built", "answer = str(getattr(getattr(1, '__cla' + 'ss__'), '__subcla' + 'sses__')())\n", EXC
+    ),
     Attack("globals_builtins", "answer = str(globals()['__builtins__'])\n", POLICY),
     Attack("vars_locals", "answer = str(vars()) + str(locals()) + str(dir())\n", POLICY),
     Attack("builtins_by_built_key", "k = '__' + 'import__'\nanswer = str(dict(__builtins__)[k]('os'))\n", POLICY),
@@ -131,10 +134,11 @@ ATTACKS = [
         check=value_is("('division by zero',)"),
     ),
     # --- format-string attribute leaks
-    Attack("format_leak", "answer = '{0.__class__.__mro__}'.format(1)\n", POLICY),
-    Attack("format_map_leak", "answer = '{x.__init__.__globals__}'.format_map({'x': 1})\n", POLICY),
-    Attack("format_via_str_type", "f = str.format\nanswer = f('{0.__class__}', 1)\n", POLICY),
-    Attack("fstring_dunder", "answer = f'{(1).__class__}'\n", POLICY),
+    # str.format is allowed (issue 14) but its fields read attributes through the guard, never `_` names
+    Attack("format_leak", "answer = '{0.__class__.__mro__}'.format(1)\n", EXC),
+    Attack("format_map_leak", "answer = '{x.__init__.__globals__}'.format_map({'x': 1})\n", EXC),
+    Attack("format_via_str_type", "f = str.format\nanswer = f('{0.__class__}', 1)\n", EXC),
+    Attack("fstring_dunder", "answer = f'{(1).__class__.__bases__}'\n", POLICY),
     Attack(
         "percent_format_is_harmless", "answer = '%(a)s-%(b)d' % {'a': 'x', 'b': 2}\n", ("ok",), check=value_is("x-2")
     ),
@@ -148,7 +152,12 @@ ATTACKS = [
     # --- unicode-normalised identifiers (NFKC: fullwidth letters and underscores)
     Attack("unicode_eval", "answer = \uff45\uff56\uff41\uff4c('1 + 1')\n", POLICY),
     Attack("unicode_dunder", "answer = str(().\uff3f\uff3fclass\uff3f\uff3f)\n", POLICY),
-    Attack("unicode_getattr", "answer = \uff47\uff45\uff54\uff41\uff54\uff54\uff52(1, 'real')\n", POLICY),
+    Attack(  # NFKC makes this the guarded getattr, which may read `real`
+        "unicode_getattr",
+        "answer = \uff47\uff45\uff54\uff41\uff54\uff54\uff52(1, 'real')\n",
+        ("ok",),
+        check=value_is(1),
+    ),
     # --- infinite loops and long C-level computations
     Attack("infinite_loop", "while True:\n    pass\n", CPU, CPU),
     Attack(
@@ -285,7 +294,7 @@ ATTACKS = [
         "custom_repr_hash_return",
         "class Evil:\n    def __repr__(self):\n        while True:\n            pass\n"
         "    def __hash__(self):\n        while True:\n            pass\ndef solution():\n    return Evil()\n",
-        POLICY,
+        ("bad_result",),  # dunder methods are allowed (issue 14); the result check never calls them
         ("bad_result",),
         check=quick,
     ),

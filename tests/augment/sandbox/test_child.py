@@ -54,16 +54,17 @@ def test_the_child_runs_by_path_isolated_from_the_hosts_cwd(tmp_path: Path, monk
 
 
 def test_the_setup_message_has_every_key_the_child_reads() -> None:
-    tree = ast.parse(host.CHILD_PATH.read_text(encoding="utf-8"))
-    read = {
-        node.slice.value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Subscript)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "req"
-        and isinstance(node.slice, ast.Constant)
-    }
-    assert "result_fd" in read and read <= set(setup_message())
+    read = set()
+    for path in (host.CHILD_PATH, host.CHILD_PATH.with_name("jail.py")):  # the child runs jail.py's code too
+        read |= {
+            node.slice.value
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "req"
+            and isinstance(node.slice, ast.Constant)
+        }
+    assert {"result_fd", "jail_code", "seccomp"} <= read and read <= set(setup_message())
 
 
 @pytest.mark.parametrize(
@@ -165,7 +166,8 @@ def test_guards_refuse_hidden_attributes_and_foreign_classes() -> None:
     world = child.restricted_globals(setup_message())
     getattr_, write = world["_getattr_"], world["_write_"]
     assert getattr_(3, "real") == 3 and getattr_(3, "missing", "default") == "default"
-    for name in ("__class__", "_private", "format", "mro", "gi_frame", "f_globals", 3):
+    assert getattr_(3, "__class__") is int  # `x.__class__` is type(x) (issue 14)
+    for name in ("__globals__", "__dict__", "_private", "format", "mro", "gi_frame", "f_globals", 3):
         with pytest.raises(AttributeError):
             getattr_(3, name)
     with pytest.raises(TypeError, match="classes"):
@@ -177,7 +179,8 @@ def test_guards_refuse_hidden_attributes_and_foreign_classes() -> None:
 def test_only_the_allowed_builtins_exist() -> None:
     safe = child.restricted_globals(setup_message())["__builtins__"]
     assert safe["len"] is len and safe["__build_class__"] is not None
-    assert not {"open", "getattr", "eval", "exec", "vars", "globals", "type", "input"} & set(safe)
+    assert not {"open", "eval", "exec", "vars", "globals", "setattr", "input"} & set(safe)
+    assert safe["getattr"] is not getattr and safe["type"] is not type  # the guarded ones (issue 14)
 
 
 def test_the_world_runs_a_policy_checked_program(capsys: pytest.CaptureFixture[str]) -> None:

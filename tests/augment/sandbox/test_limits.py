@@ -18,6 +18,8 @@ from lmstack.errors import ConfigError
         {"open_files": 3},
         {"output_bytes": -1},
         {"result_bytes": True},
+        {"disk_mb": 0},
+        {"max_files": -3},
     ],
 )
 def test_bad_limits_fail_fast(kwargs: dict) -> None:

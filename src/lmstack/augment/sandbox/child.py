@@ -3,13 +3,17 @@
 session. The child
 
 1. reads the set-up message from stdin (`host._setup`: limits, whether to apply the policy and the kernel
-   layers, the policy's lists, the Landlock read roots, the seccomp deny-list, the result pipe's fd);
-2. sets its rlimits, then locks itself down (no_new_privs, Landlock, no capabilities, seccomp);
-3. builds the program's world (under the policy: allowed builtins, read-only module views, the guards);
-4. waits for the job message (the compiled program), closes stdin, runs it, and writes one JSON object to
-   the result pipe.
+   layers, the policy's lists, the paths the program may see, the seccomp program, the result pipe's fd);
+2. runs `jail.py` (sent compiled in the set-up): the process the host started becomes a supervisor that
+   holds the host's result pipe and never runs program code; a forked process in new user, PID, IPC,
+   network, UTS and mount namespaces, with a minimal read-only root, continues below;
+3. sets its rlimits, then locks itself down (no_new_privs, Landlock, no capabilities, seccomp) and reports
+   the layers that took effect to the supervisor, before any program exists;
+4. builds the program's world (under the policy: allowed builtins, read-only module views, the guards);
+5. waits for the job message (the compiled program), closes stdin, runs it, and writes one JSON object to
+   its pipe; the supervisor relays it to the host behind its own header.
 
-A warm pool starts children ahead of need, so steps 1-3 happen before the program exists. `-I -S` leaves
+A warm pool starts children ahead of need, so steps 1-4 happen before the program exists. `-I -S` leaves
 only the standard library importable (not site-packages, not this file's directory), so this file must stay
 self-contained: standard library only, never lmstack. It imports as little as possible, as late as possible,
 to start fast. Messages are length-prefixed marshal frames of plain dicts; nothing is templated into this
@@ -42,25 +46,26 @@ def read_message() -> dict:
 
 
 def write_result(fd: int, fields: dict[str, str]) -> None:
-    """Write the one result object to the result pipe; `fields` maps keys to already-encoded JSON text."""
-    body = ",".join(encode_str(k) + ":" + v for k, v in fields.items())
-    os.write(fd, ("{" + body + "}").encode())
+    """Write the one result object to the supervisor's pipe; `fields` maps keys to already-encoded JSON text.
+    The layers are not part of it: they were reported before the program existed (`write_ready`)."""
+    data = ("{" + ",".join(encode_str(k) + ":" + v for k, v in fields.items()) + "}").encode()
+    while data:
+        data = data[os.write(fd, data) :]
 
 
-def encode_layers(layers: list[str]) -> str:
-    return "[" + ",".join(map(encode_str, layers)) + "]"
+def write_ready(fd: int, layers: list[str]) -> None:
+    """The pre-program report: one line, one pipe write (atomic), so the program cannot write ahead of it."""
+    os.write(fd, ("[" + ",".join(map(encode_str, layers)) + "]\n").encode())
 
 
-def write_failure(fd: int, layers: list[str], kind: str, message: str) -> None:
-    write_result(
-        fd,
-        {
-            "ok": "false",
-            "error": encode_str(kind),
-            "message": encode_str(message[:2000]),
-            "layers": encode_layers(layers),
-        },
-    )
+def clean_text(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (chr(0xD800)) becomes a backslash escape, so the host can
+    always encode what it is shown. `text` must be an exact str (no program hooks run)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def write_failure(fd: int, kind: str, message: str) -> None:
+    write_result(fd, {"ok": "false", "error": encode_str(kind), "message": encode_str(clean_text(message[:2000]))})
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -68,21 +73,26 @@ def write_failure(fd: int, layers: list[str], kind: str, message: str) -> None:
 
 
 def set_rlimits(req: dict, layers: list[str]) -> None:
-    resource.setrlimit(resource.RLIMIT_CPU, (req["cpu_s"], req["cpu_s"] + 1))
+    """Limits on this process only (the kernel checks them against it; seccomp stops it changing anyone
+    else's). As PID 1 of its namespace the process ignores SIGXCPU, so there the hard CPU limit is the soft
+    one: SIGKILL at `cpu_s`."""
+    cpu_hard = req["cpu_s"] if "pid_ns" in layers else req["cpu_s"] + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (req["cpu_s"], cpu_hard))
     resource.setrlimit(resource.RLIMIT_AS, (req["memory_mb"] * MB, req["memory_mb"] * MB))
     resource.setrlimit(resource.RLIMIT_FSIZE, (req["file_mb"] * MB, req["file_mb"] * MB))
     resource.setrlimit(resource.RLIMIT_NOFILE, (req["open_files"], req["open_files"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    for name in ("RLIMIT_CORE", "RLIMIT_NPROC", "RLIMIT_MEMLOCK", "RLIMIT_MSGQUEUE", "RLIMIT_RTPRIO"):
+        resource.setrlimit(getattr(resource, name), (0, 0))
     layers.append("rlimits")
     import _signal  # not `signal`: that one imports enum, which costs milliseconds on every run
 
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)  # an oversized write fails with EFBIG instead of killing us
 
 
-def lock_down_kernel(read_roots: list[str], seccomp_deny: list[int], layers: list[str]) -> None:
+def lock_down_kernel(read_roots: list[str], seccomp_filter: bytes, layers: list[str]) -> None:
     """no_new_privs, Landlock, no capabilities, seccomp: each step that takes effect is appended to `layers`;
-    a step the kernel refuses ends the lock-down there (the caller also swallows exceptions)."""
+    a step the kernel refuses ends the lock-down there (the caller also swallows exceptions). The seccomp
+    program comes ready-made from the host (`kernel.seccomp_filter`, x86-64 only)."""
     import ctypes
     import struct
 
@@ -122,132 +132,34 @@ def lock_down_kernel(read_roots: list[str], seccomp_deny: list[int], layers: lis
             if good and libc.syscall(446, ctypes.c_int(rs), ctypes.c_uint32(0)) == 0:
                 layers.append(f"landlock-v{abi}")
             os.close(rs)
-    if os.uname().machine != "x86_64":
-        return
-    # capset(v3, pid 0): empty effective, permitted and inheritable sets
+    # capset(v3, pid 0): empty effective, permitted and inheritable sets (in a user namespace: all the
+    # capabilities it granted, which mounting the minimal root needed)
     head = ctypes.create_string_buffer(struct.pack("Ii", 0x20080522, 0), 8)
     data = ctypes.create_string_buffer(bytes(24), 24)
-    if libc.syscall(126, head, data) == 0:
+    if libc.capset(head, data) == 0:
         layers.append("no_capabilities")
-    # seccomp: x86-64 only; other architectures and the x32 ABI get EPERM for the listed syscalls / are killed
-    deny = seccomp_deny
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
-    prog = [(ld, 0, 0, 4), (jeq, 1, 0, 0xC000003E), (ret, 0, 0, 0x80000000), (ld, 0, 0, 0)]
-    n_after = len(deny) + 1  # instructions between the x32 check and "deny"
-    prog.append((jge, n_after, 0, 0x40000000))
-    for i, nr in enumerate(deny):
-        prog.append((jeq, len(deny) - i, 0, nr))
-    prog += [(ret, 0, 0, 0x7FFF0000), (ret, 0, 0, 0x00050000 | 1)]  # ALLOW, ERRNO(EPERM)
-    code = b"".join(struct.pack("HBBI", *ins) for ins in prog)
-    buf = ctypes.create_string_buffer(code, len(code))
-    fprog = struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(buf))
+    if os.uname().machine != "x86_64" or not seccomp_filter:
+        return
+    buf = ctypes.create_string_buffer(seccomp_filter, len(seccomp_filter))
+    fprog = struct.pack("HxxxxxxQ", len(seccomp_filter) // 8, ctypes.addressof(buf))
     fbuf = ctypes.create_string_buffer(fprog, len(fprog))
     if libc.prctl(22, ul(2), fbuf, ul(0), ul(0)) == 0:  # PR_SET_SECCOMP, FILTER
         layers.append("seccomp")
 
 
 # --------------------------------------------------------------------------------------------------------
-# The program's world under the policy: RestrictedPython's transformed code calls these guards.
+# The program's world under the policy: world.py (standard library only), sent compiled by the host
+# (`policy.world_code`) as `-I` keeps the package's directory off sys.path.
 
 
 def restricted_globals(req: dict) -> dict:
-    """Globals for a policy-checked program: only the allowed builtins, imports as read-only views of the
-    allowed modules (public names, no submodules), and the guards that re-check names at run time."""
-    import _operator as operator
-
-    Module = type(sys)
-    Namespace = type(sys.implementation)
-    allowed_modules = frozenset(req["modules"])
-    denied_attrs = frozenset(req["denied_attributes"])
-    denied_prefixes = tuple(req["denied_prefixes"])
-    views = {}
-    user_types = set()
-
-    def _import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level or name not in allowed_modules:
-            raise ImportError(f"import of {name!r} is not allowed")
-        if name not in views:
-            mod = __import__(name)
-            names = getattr(mod, "__all__", None) or list(vars(mod))
-            public = {}
-            for n in names:
-                if not n.startswith("_") and hasattr(mod, n) and type(getattr(mod, n)) is not Module:
-                    public[n] = getattr(mod, n)
-            views[name] = Namespace(**public)
-        return views[name]
-
-    def _getattr_(obj, name, *default):
-        if type(name) is not str or name.startswith("_") or name in denied_attrs or name.startswith(denied_prefixes):
-            raise AttributeError(f"attribute {name!r} is not allowed")
-        return getattr(obj, name, *default)
-
-    def _write_(obj):
-        # module views and classes the program did not define are read-only
-        if type(obj) is Namespace or (isinstance(obj, type) and obj not in user_types):
-            what = "imported modules" if type(obj) is Namespace else "classes"
-            raise TypeError(f"cannot modify {what}")
-        return obj
-
-    def _metaclass(name, bases, ns):
-        cls = type(name, bases, ns)
-        user_types.add(cls)
-        return cls
-
-    def _unpack(it, spec, getiter):
-        items = list(getiter(it))
-        if len(items) >= spec["min_len"]:
-            for index, child in spec["childs"]:
-                items[index] = _unpack(items[index], child, getiter)
-        return items
-
-    def _iter_unpack(it, spec, getiter):
-        for item in getiter(it):
-            yield _unpack(item, spec, getiter)
-
-    inplace = {
-        "+=": operator.iadd,
-        "-=": operator.isub,
-        "*=": operator.imul,
-        "/=": operator.itruediv,
-        "//=": operator.ifloordiv,
-        "%=": operator.imod,
-        "**=": operator.ipow,
-        "<<=": operator.ilshift,
-        ">>=": operator.irshift,
-        "|=": operator.ior,
-        "^=": operator.ixor,
-        "&=": operator.iand,
-        "@=": operator.imatmul,
-    }
-
-    class _Print:
-        def __init__(self, getattr_=None):
-            pass
-
-        def _call_print(self, *objects, **kwargs):
-            kwargs.pop("file", None)  # output always goes to the captured stdout
-            print(*objects, **kwargs)
-
-        def __call__(self):
-            return ""
-
-    safe = {n: getattr(builtins, n) for n in req["builtins"] if hasattr(builtins, n)}
-    safe["__import__"] = _import
-    safe["__build_class__"] = builtins.__build_class__
-    return {
-        "__builtins__": safe,
-        "__name__": "__program__",
-        "__metaclass__": _metaclass,
-        "_getattr_": _getattr_,
-        "_getitem_": operator.getitem,
-        "_getiter_": iter,
-        "_write_": _write_,
-        "_unpack_sequence_": _unpack,
-        "_iter_unpack_sequence_": _iter_unpack,
-        "_print_": _Print,
-        "_inplacevar_": lambda op, x, y: inplace[op](x, y),
-        "_apply_": lambda f, *a, **k: f(*a, **k),
-    }
+    """Globals for a policy-checked program (`world.restricted_globals`). In a sandbox child (not when a test
+    builds this world in-process) typing's evaluation of string annotations is switched off first."""
+    world = {"__name__": "lmstack_sandbox_world"}
+    exec(marshal.loads(req["world_code"]), world)
+    if __name__ == "__main__":
+        world["no_forward_refs"]()
+    return world["restricted_globals"](req)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -275,6 +187,11 @@ def encode_value(value: object) -> str:
     if t is int:
         return str(value)
     if t is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the result contains a lone surrogate, which is not text; return valid text") from None
         return encode_str(value)
     if t is not float:
         for mod, cls in (("fractions", "Fraction"), ("decimal", "Decimal")):
@@ -297,14 +214,21 @@ def flush_stdout() -> None:
 
 def main() -> None:
     req = read_message()
-    result_fd = req["result_fd"]
     layers: list[str] = []
+    # the namespaces and the supervisor split (jail.py, sent compiled by the host): only the program's
+    # process returns here, with the fd of its pipe to the supervisor
+    jail: dict = {"__name__": "jail"}
+    exec(marshal.loads(req["jail_code"]), jail)
+    result_fd = jail["enter"](req, layers)
     set_rlimits(req, layers)
     if req["kernel"] and sys.platform == "linux":
         try:
-            lock_down_kernel(req["read_roots"], req["seccomp_deny"], layers)
+            seccomp = req["seccomp"] if "ipc_ns" in layers else req["seccomp_no_ipc_ns"]
+            lock_down_kernel(req["read_roots"], seccomp, layers)
         except Exception:
             pass
+    write_ready(result_fd, layers)
+    del jail
     if req["restricted"]:
         g = restricted_globals(req)
     else:
@@ -331,7 +255,7 @@ def main() -> None:
         except BaseException:
             msg = type(exc).__name__
         line = program_line(exc)
-        write_failure(result_fd, layers, kind, msg if line is None else f"line {line}: {msg}")
+        write_failure(result_fd, kind, msg if line is None else f"line {line}: {msg}")
     else:
         flush_stdout()
         try:
@@ -340,10 +264,11 @@ def main() -> None:
             if len(encoded) > room:
                 raise ValueError(f"the result is {len(encoded)} characters long; the limit is {room}")
         except BaseException as exc:
-            write_failure(result_fd, layers, "bad_result", "%s: %s" % (type(exc).__name__, exc))  # noqa: UP031
+            write_failure(result_fd, "bad_result", "%s: %s" % (type(exc).__name__, exc))  # noqa: UP031
         else:
-            write_result(result_fd, {"ok": "true", "value": encoded, "layers": encode_layers(layers)})
+            write_result(result_fd, {"ok": "true", "value": encoded})
     flush_stdout()
+    os._exit(0)  # no interpreter teardown: it costs milliseconds, and would run the program's __del__/atexit
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Layer 3 of the sandbox, and the wall clock of layer 5: the resource limits of one run. The child sets
-the rlimits on itself before it locks down the kernel layers; the host enforces `wall_s` and the output caps.
+the rlimits on itself before it locks down the kernel layers; its working directory is a tmpfs of `disk_mb`
+with `max_files` inodes (in a mount namespace; otherwise its supervisor polls the directory against the same
+caps); the host enforces `wall_s` and the output caps.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from lmstack.errors import ConfigError
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-run resource limits. `wall_s` bounds the whole call; `cpu_s` is the RLIMIT_CPU soft limit
-    (the hard limit, one second later, is SIGKILL even if SIGXCPU is ignored)."""
+    """Per-run resource limits. `wall_s` bounds the whole call; `cpu_s` is the RLIMIT_CPU limit (SIGKILL at
+    `cpu_s` in a PID namespace; without one SIGXCPU at `cpu_s` and SIGKILL a second later). `file_mb` caps
+    each file, `disk_mb` and `max_files` the working directory as a whole."""
 
     cpu_s: int = 2
     wall_s: float = 5.0
@@ -21,9 +24,12 @@ class Limits:
     open_files: int = 32
     output_bytes: int = 64_000
     result_bytes: int = 16_000
+    disk_mb: int = 16
+    max_files: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("cpu_s", "memory_mb", "file_mb", "open_files", "output_bytes", "result_bytes"):
+        names = ("cpu_s", "memory_mb", "file_mb", "open_files", "output_bytes", "result_bytes", "disk_mb", "max_files")
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"Limits.{name} must be a positive integer, got {value!r}")
