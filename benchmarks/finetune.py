@@ -101,8 +101,9 @@ def train_row(row: str, out: Path, quick: bool) -> Path:
     return out
 
 
-def score(row: str, run_dir: Path | None, n: int, batch_size: int) -> dict[str, Any]:
-    """Accuracy on the test and hard splits (greedy, k=1), and the wall time of scoring."""
+def score(row: str, run_dir: Path | None, n: int, batch_size: int, adapter: Path | None = None) -> dict[str, Any]:
+    """Accuracy on the test and hard splits (greedy, k=1), and the wall time of scoring. `adapter`: a peft
+    adapter directory to score on the base instead of the run's own checkpoint (e.g. the shipped copy)."""
     from lmstack.augment.pal import EXAMPLES, FINETUNED_PROMPT, INSTRUCTION, engine_generate_many, evaluate
     from lmstack.data.tasks.answers import extract_answer, is_correct
     from lmstack.finetune.load import load_finetuned
@@ -110,7 +111,10 @@ def score(row: str, run_dir: Path | None, n: int, batch_size: int) -> dict[str, 
     from lmstack.generate.engine import Engine
     from lmstack.generate.sampling import GenerationConfig
 
-    model, tok = load_finetuned(run_dir if run_dir is not None else "smollm2", merge=True)
+    if adapter is not None:
+        model, tok = load_finetuned("smollm2", {row: adapter}, merge=True)
+    else:
+        model, tok = load_finetuned(run_dir if run_dir is not None else "smollm2", merge=True)
     prompt_tuned = isinstance(model, PromptTuned)
     engine = Engine(model.base if prompt_tuned else model, tok, mode="fp32")
     config = GenerationConfig(max_new_tokens=256 if row == "base" else 224)
@@ -204,6 +208,37 @@ def lora_step_times(repeats: int, seq: int = 160, batch: int = 8) -> dict[str, A
     }
 
 
+def plot_curves(data: dict[str, Any], path: Path) -> Path | None:
+    """Training and validation loss of every trained row, one figure."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    from lmstack.train.metrics import read_metrics
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (name, row) in enumerate(data["rows"].items()):
+        if "run_dir" not in row or not (Path(row["run_dir"]) / "metrics.jsonl").is_file():
+            continue
+        records = read_metrics(Path(row["run_dir"]) / "metrics.jsonl")
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        color = f"C{i}"
+        ax.plot(*zip(*train), color=color, alpha=0.6, label=f"{name} train")
+        ax.plot(*zip(*val), "o--", color=color, label=f"{name} validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("completion loss (nats/token)")
+    ax.set_title("PAL fine-tuning of SmolLM2-135M-Instruct")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def render(data: dict[str, Any]) -> tuple[str, str]:
     rows = []
     for name in ROWS:
@@ -261,6 +296,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", default="base,lora8", help=f"comma-separated, from {', '.join(ROWS)}")
     p.add_argument("--run", action="append", default=[], help="ROW=RUN_DIR: score a run trained before")
+    p.add_argument(
+        "--adapter", action="append", default=[], help="ROW=DIR: score this peft adapter (e.g. the shipped copy)"
+    )
     p.add_argument("--n", type=int, default=100, help="problems per split")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--step", action="store_true", help="also time one LoRA step against peft")
@@ -274,6 +312,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     given = dict(item.split("=", 1) for item in args.run)
+    adapters = {k: Path(v) for k, v in (item.split("=", 1) for item in args.adapter)}
     n = 4 if args.quick else args.n
     previous = RESULTS / "finetune.json"
     data = {"rows": {}, "step": None}
@@ -288,7 +327,9 @@ def main() -> None:
             run_dir = Path(given[row]) if row in given else train_row(row, Path(args.out) / row, args.quick)
             record["run"] = run_metrics(run_dir)
             record["run_dir"] = str(run_dir)
-        record["score"] = score(row, run_dir, n, args.batch_size)
+        record["score"] = score(row, run_dir, n, args.batch_size, adapters.get(row))
+        if row in adapters:
+            record["adapter"] = str(adapters[row])
         if row != "base":
             record["trainable_pct"] = trainable_pct(run_dir)
         record["wall_s"] = round(time.perf_counter() - start, 1)
@@ -300,6 +341,8 @@ def main() -> None:
         print(table)
         print(notes)
         return
+    if plot_curves(data, RESULTS / "finetune.png"):
+        notes += "\n\n![training and validation loss](finetune.png)"
     print(write_results("finetune", data, table, notes))
 
 

@@ -101,32 +101,45 @@ def chat(console: Console, rows: list[tuple[str, str]]):
     return engine
 
 
-def pal(console: Console, rows: list[tuple[str, str]], engine, n_problems: int = 3) -> None:
-    from lmstack.augment.pal import engine_generate, solve
+def pal(console: Console, rows: list[tuple[str, str]], engine, n_problems: int = 5) -> None:
+    from lmstack.augment.pal import EXAMPLES, FINETUNED_PROMPT, INSTRUCTION, engine_generate_many, solve_many
     from lmstack.augment.sandbox import run_program
     from lmstack.data.tasks import generate
+    from lmstack.finetune.load import load_finetuned, shipped_adapter
+    from lmstack.generate.engine import Engine
     from lmstack.generate.sampling import GenerationConfig
 
     console.rule("[bold]3/3 PAL: the model writes programs, the sandbox runs them")
     problems = generate("math_word", n_problems, seed=0, split="test")["items"]
-    gen = engine_generate(engine, GenerationConfig(max_new_tokens=192))
-    correct = 0
-    for item in problems:
-        result = solve(item["question"], gen)
-        ok = result.is_correct(item["answer"])
-        correct += ok
+    questions = [item["question"] for item in problems]
+    config = GenerationConfig(max_new_tokens=192)
+    start = time.perf_counter()
+    bare = solve_many(
+        questions, engine_generate_many(engine, config), examples=EXAMPLES, instruction=INSTRUCTION
+    )  # the bare model with the 4-shot PAL prompt
+    bare_s = time.perf_counter() - start
+    model, tok = load_finetuned("smollm2", {"pal": shipped_adapter("pal")}, merge=True)
+    tuned_engine = Engine(model, tok)
+    start = time.perf_counter()
+    tuned = solve_many(questions, engine_generate_many(tuned_engine, config, chat=True), **FINETUNED_PROMPT)
+    tuned_s = time.perf_counter() - start
+    scores = {"bare": 0, "tuned": 0}
+    for item, b, t in zip(problems, bare, tuned):
+        scores["bare"] += b.is_correct(item["answer"])
+        scores["tuned"] += t.is_correct(item["answer"])
         console.print(f"[bold]Q:[/bold] {item['question']}")
-        lines = (result.programs[0] or "(no program found)").splitlines()
+        lines = (t.programs[0] or "(no program found)").splitlines()
         shown = "\n".join(lines[:12]) + (f"\n    ... ({len(lines) - 12} more lines)" if len(lines) > 12 else "")
         console.print(shown, highlight=False)
-        run = result.runs[0]
+        run = t.runs[0]
         outcome = "" if run is None or run.ok else f" ({run.error}: {run.message[:80]})"
-        console.print(
-            f"→ {result.answer_text}{outcome}; gold {item['answer']}: {'[green]correct' if ok else '[red]wrong'}\n"
-        )
+        mark = "[green]correct" if t.is_correct(item["answer"]) else "[red]wrong"
+        console.print(f"→ {t.answer_text}{outcome}; gold {item['answer']}: {mark}[/]; bare model: {b.answer_text}\n")
     blocked = run_program(HOSTILE)
     console.print(f"hostile program → ok={blocked.ok}, error={blocked.error}: {blocked.message[:100]}")
-    rows.append(("PAL with SmolLM2-135M", f"{correct}/{len(problems)} held-out problems correct (greedy, k=1)"))
+    n = len(problems)
+    rows.append(("PAL, bare SmolLM2-135M (4-shot)", f"{scores['bare']}/{n} held-out problems ({bare_s:.0f} s)"))
+    rows.append(("PAL, with the shipped LoRA adapter", f"{scores['tuned']}/{n} held-out problems ({tuned_s:.0f} s)"))
     rows.append(("sandbox vs os.popen('cat /etc/passwd')", f"refused ({blocked.error})"))
 
 

@@ -135,8 +135,13 @@ def test_lora_run_saves_only_the_adapter_and_loads_back_on_its_base(tmp_path, ba
     assert not lora_layers(merged)
     scale = logits_of(tuned, ids).abs().max()
     torch.testing.assert_close(logits_of(merged, ids), logits_of(tuned, ids), rtol=0, atol=1e-5 * float(scale))
-    losses = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    records = read_metrics(run / "metrics.jsonl")
+    losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0]
+    # grads and Adam state exist for the adapter only; the formula leaves out Adam's fp32 step counters
+    memory = next(r["memory"] for r in records if "memory" in r)
+    n_tensors = sum(".lora." in n for n, _ in tuned.named_parameters())
+    assert memory["ranks"][0]["at_rest"]["total"] - memory["formula"]["at_rest"] == 4 * n_tensors
 
 
 def test_only_adapter_parameters_train_and_the_base_is_untouched(tmp_path, base):

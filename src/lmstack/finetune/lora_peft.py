@@ -170,10 +170,15 @@ def _number(x: float) -> int | float:
 
 
 def save_adapter(
-    model: nn.Module, directory: str | os.PathLike, base_name: str | None = None, adapter: str | None = None
+    model: nn.Module,
+    directory: str | os.PathLike,
+    base_name: str | None = None,
+    adapter: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write one adapter (default: the active one) as a peft directory, atomically. `base_name` (the HF id or
-    path of the base) goes to `base_model_name_or_path`, which `load_adapter` can check."""
+    path of the base) goes to `base_model_name_or_path`, which `load_adapter` can check. `dtype` (e.g.
+    torch.float16) stores the tensors smaller; they load back into the fp32 adapter."""
     known = adapter_names(model)
     if adapter is None:
         active = active_adapters(model)
@@ -185,6 +190,8 @@ def save_adapter(
     units = [layer.lora[adapter] for layer in lora_layers(model).values() if adapter in layer.lora]
     rslora = next(iter(units[0].values())).rslora
     tensors, shapes = _adapter_tensors(model, adapter)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
     alphas = {path: _number(s * (r**0.5 if rslora else r)) for path, (r, s) in shapes.items()}
     rank = Counter(r for r, _ in shapes.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]

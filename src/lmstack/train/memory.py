@@ -93,13 +93,17 @@ def zero_model_state_bytes(
     param_bytes: int = 4,
     grad_bytes: int = 4,
     optim_bytes: int = 8,
+    n_trainable: int | None = None,
 ) -> dict[str, float]:
     """Per-rank model-state bytes (ZeRO paper, Ψ = `n_params`, N = `world_size`): `at_rest` as this package
     implements each strategy, `paper` as the paper defines it. In fp32 with Adam the three terms are 4 + 4 + 8
     bytes per parameter; with mixed precision the paper's are 2 + 2 + 12 (DDP 16Ψ, ZeRO-1 4Ψ + 12Ψ/N, ZeRO-2
     2Ψ + 14Ψ/N, ZeRO-3 16Ψ/N). FSDP2's zero2 shards parameters at rest, so it rests at ZeRO-3's figure and
-    adds the gathered full parameters during a step; hsdp shards over the N / replicas ranks of its group."""
-    p, g, o, n = param_bytes * n_params, grad_bytes * n_params, optim_bytes * n_params, world_size
+    adds the gathered full parameters during a step; hsdp shards over the N / replicas ranks of its group.
+    Gradients and optimizer state exist only for the `n_trainable` parameters (default: all; fewer for LoRA
+    or prompt tuning, whose frozen base holds parameters only)."""
+    trainable = n_params if n_trainable is None else n_trainable
+    p, g, o, n = param_bytes * n_params, grad_bytes * trainable, optim_bytes * trainable, world_size
     strategy = "zero3" if strategy == "fsdp" else strategy
     shards = {"single": 1, "ddp": 1, "zero1": 1, "zero2": n, "zero3": n, "hsdp": max(1, n // replicas)}[strategy]
     at_rest = {"zero1": p + g + o / n}.get(strategy, (p + g + o) / shards)
@@ -157,9 +161,12 @@ class MemoryReport(Callback):
         at_rest, peak = memory["at_rest"], memory["peak"]
         params = list(parallel.module.parameters())
         n_params = sum(p.numel() for p in params)
+        n_trainable = sum(p.numel() for p in params if p.requires_grad)
         size = params[0].element_size() if params else 4
         world = parallel.ctx.world_size
-        formula = zero_model_state_bytes(parallel.strategy, n_params, world, parallel.replicas, size, size, 2 * size)
+        formula = zero_model_state_bytes(
+            parallel.strategy, n_params, world, parallel.replicas, size, size, 2 * size, n_trainable
+        )
         st.log_record(
             {
                 "step": step,
