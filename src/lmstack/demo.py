@@ -101,7 +101,7 @@ def chat(console: Console, rows: list[tuple[str, str]]):
     return engine
 
 
-def pal(console: Console, rows: list[tuple[str, str]], engine, n_problems: int = 5) -> None:
+def pal(console: Console, rows: list[tuple[str, str]], engine, n_problems: int = 3) -> None:
     from lmstack.augment.pal import EXAMPLES, FINETUNED_PROMPT, INSTRUCTION, engine_generate_many, solve_many
     from lmstack.augment.sandbox import run_program
     from lmstack.data.tasks import generate
@@ -114,9 +114,12 @@ def pal(console: Console, rows: list[tuple[str, str]], engine, n_problems: int =
     questions = [item["question"] for item in problems]
     config = GenerationConfig(max_new_tokens=192)
     start = time.perf_counter()
-    bare = solve_many(
-        questions, engine_generate_many(engine, config), examples=EXAMPLES, instruction=INSTRUCTION
-    )  # the bare model with the 4-shot PAL prompt
+    bare = solve_many(  # the bare model with the 4-shot PAL prompt (its programs rarely end: fewer tokens)
+        questions,
+        engine_generate_many(engine, GenerationConfig(max_new_tokens=128)),
+        examples=EXAMPLES,
+        instruction=INSTRUCTION,
+    )
     bare_s = time.perf_counter() - start
     model, tok = load_finetuned("smollm2", {"pal": shipped_adapter("pal")}, merge=True)
     tuned_engine = Engine(model, tok)
