@@ -182,8 +182,8 @@ def lora_step_times(repeats: int, seq: int = 160, batch: int = 8) -> dict[str, A
     popt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
 
     def peft_step():
-        loss = peft_model(input_ids=ids[:, :-1], labels=None).logits
-        loss = torch.nn.functional.cross_entropy(loss.flatten(0, 1).float(), ids[:, 1:].flatten())
+        logits = peft_model(input_ids=ids[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
         loss.backward()
         popt.step()
         popt.zero_grad(set_to_none=True)

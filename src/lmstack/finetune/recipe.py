@@ -180,7 +180,8 @@ def load_dataset(d: DatasetConfig, tok: Any, fmt: InstructFormat, val: bool = Fa
 
 class PerTaskEval(Callback):
     """Per-task validation loss next to the loop's overall one (same schedule: every `eval_every` steps and
-    at the end), logged as `val_loss/<task>` records."""
+    at the end), logged as `val_loss/<task>` records. Every rank runs it (FSDP's forward is collective);
+    only rank 0's log_record writes."""
 
     def __init__(self, eval_sets: dict[str, list[Sample]], batch_size: int, seq_len: int, pad_id: int) -> None:
         self.eval_sets, self.batch_size, self.seq_len, self.pad_id = eval_sets, batch_size, seq_len, pad_id
@@ -190,7 +191,7 @@ class PerTaskEval(Callback):
 
     def on_step_end(self, step: int, loss: float) -> None:
         cfg, done = self.state.cfg, step + 1
-        if len(self.eval_sets) < 2 or not self.state.parallel.ctx.is_main:
+        if len(self.eval_sets) < 2:
             return
         if not ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
             return
