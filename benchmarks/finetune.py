@@ -152,28 +152,38 @@ def score(row: str, run_dir: Path | None, n: int, batch_size: int, adapter: Path
     return out
 
 
-def lora_step_times(repeats: int, seq: int = 160, batch: int = 8) -> dict[str, Any]:
-    """One LoRA (r=8, all linear layers) AdamW step on SmolLM2, ours vs peft on transformers' Llama, same
-    weights, batch and thread count; median seconds over `repeats` steps after one warm-up."""
+def lora_step_times(repeats: int, step: int = 0) -> dict[str, Any]:
+    """One LoRA (r=8, all linear layers) AdamW step of the PAL recipe on SmolLM2, each library on its own
+    training path: ours `build_job`'s model and `completion_loss` (the head runs on the trained tokens
+    only), peft on transformers' Llama scoring its full logits with the same labels (what `Trainer` with
+    -100 labels does). Same weights, batch (the recipe's step `step`), loss and thread count; median seconds
+    over `repeats` steps after one warm-up, interleaved so both see the same machine load."""
+    import tempfile
+
     import transformers
+    import yaml
     from peft import LoraConfig, get_peft_model
 
-    from lmstack.finetune.lora import LoRAConfig, apply_lora, lora_parameters
-    from lmstack.weights.load import load_pretrained, smollm_gguf_path
+    from lmstack.data.instruct import IGNORE_INDEX
+    from lmstack.data.instruct_loss import completion_loss
+    from lmstack.finetune.lora import lora_parameters
+    from lmstack.finetune.recipe import build_job, recipe_from_dict
+    from lmstack.weights.load import smollm_gguf_path
 
-    torch.manual_seed(0)
-    ids = torch.randint(0, 49152, (batch, seq))
-    ours, _ = load_pretrained("smollm2")
-    apply_lora(ours, LoRAConfig(r=8, alpha=16, targets="all-linear"))
-    ours.train()
+    recipe = recipe_from_dict(yaml.safe_load(RECIPE.read_text()))
+    with tempfile.TemporaryDirectory() as tmp:
+        job, _ = build_job(recipe, Path(tmp), log=lambda _: None)
+    ours, batch = job.model, job.train_batch(step, None)
     opt = torch.optim.AdamW(lora_parameters(ours), lr=1e-4)
+    labels = batch["labels"]
+    n_trained = int((labels != IGNORE_INDEX).sum())
 
-    def our_step():
-        logits = ours(ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+    def our_step() -> float:
+        loss = completion_loss(ours, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
     path = smollm_gguf_path()
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype="float32")
@@ -181,25 +191,36 @@ def lora_step_times(repeats: int, seq: int = 160, batch: int = 8) -> dict[str, A
     peft_model.train()
     popt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
 
-    def peft_step():
-        logits = peft_model(input_ids=ids[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
+    def peft_step() -> float:
+        logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = (
+            torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            / n_trained
+        )
         loss.backward()
         popt.step()
         popt.zero_grad(set_to_none=True)
+        return float(loss.detach())
 
     times: dict[str, list[float]] = {"lmstack": [], "peft": []}
-    for i in range(repeats + 1):  # interleaved, so both see the same machine load
+    first: dict[str, float] = {}
+    for i in range(repeats + 1):
         for name, fn in (("lmstack", our_step), ("peft", peft_step)):
             t = time.perf_counter()
-            fn()
+            loss = fn()
             if i:
                 times[name].append(time.perf_counter() - t)
+            else:
+                first[name] = loss  # both start at the base model (B = 0): the same loss
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "batch": batch,
-        "seq": seq,
+        "batch": tuple(batch["input_ids"].shape),
+        "trained_tokens": n_trained,
         "repeats": repeats,
+        "first_loss_lmstack": round(first["lmstack"], 5),
+        "first_loss_peft": round(first["peft"], 5),
         "lmstack_s": round(med["lmstack"], 3),
         "peft_s": round(med["peft"], 3),
         "speedup": round(med["peft"] / med["lmstack"], 3),
@@ -284,10 +305,14 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
     step = data.get("step")
     if step:
         notes.append(
-            f"\nOne LoRA training step (r=8, all linear layers, AdamW, batch {step['batch']} × {step['seq']} tokens, "
-            f"fp32, median of {step['repeats']} interleaved steps): lmstack {step['lmstack_s']} s, peft + "
-            f"transformers {step['peft_s']} s — **{step['speedup']}×** (trainable parameters: "
-            f"{step['trainable_lmstack']:,} vs {step['trainable_peft']:,})."
+            f"\nOne LoRA training step of the PAL recipe (r=8, all linear layers, AdamW, fp32; its first batch, "
+            f"{step['batch'][0]} × {step['batch'][1]} tokens of which {step['trained_tokens']} trained; "
+            f"completion-only loss, the same for both: {step['first_loss_lmstack']} vs {step['first_loss_peft']} "
+            f"at the first step), each library on its own training path, median of {step['repeats']} interleaved "
+            f"steps: lmstack {step['lmstack_s']} s, peft + transformers {step['peft_s']} s — "
+            f"**{step['speedup']}×** (trainable parameters: {step['trainable_lmstack']:,} vs "
+            f"{step['trainable_peft']:,}). lmstack runs the vocabulary head on the trained tokens only "
+            "(`DecoderLM.forward(logits_at=...)`); transformers computes every position's logits."
         )
     return table, "\n".join(notes)
 

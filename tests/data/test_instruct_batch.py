@@ -165,6 +165,11 @@ def test_packed_padded_and_alone_give_the_same_per_sample_loss(samples, tok, pre
 # ----------------------------------------------------------------------------- the loss
 
 
+def _returns(logits):
+    """A stand-in model that outputs `logits`, honouring `logits_at` as `DecoderLM.forward` does."""
+    return lambda logits_at=None, **_: logits if logits_at is None else logits[logits_at]
+
+
 def test_completion_loss_ignores_everything_at_prompt_positions(samples, tok):
     """Whatever the model outputs at a prompt/system/user (or padding) position cannot move the loss: its
     gradient there is exactly zero, and replacing those logits changes nothing."""
@@ -175,15 +180,33 @@ def test_completion_loss_ignores_everything_at_prompt_positions(samples, tok):
     ignored = batch["labels"] == IGNORE_INDEX
     assert ignored.any() and (~ignored).any()
     leaf = logits.clone().requires_grad_()
-    loss = completion_loss(lambda **_: leaf, batch)
+    loss = completion_loss(_returns(leaf), batch)
     loss.backward()
     assert (leaf.grad[ignored] == 0).all() and (leaf.grad[~ignored].abs().sum(-1) > 0).all()
     garbage = torch.where(ignored[..., None], torch.randn_like(logits) * 50, logits)
-    assert torch.equal(completion_loss(lambda **_: garbage, batch), loss.detach())
+    assert torch.equal(completion_loss(_returns(garbage), batch), loss.detach())
     unmasked = dict(
         batch, labels=torch.where(ignored & (batch["attention_mask"] > 0), batch["input_ids"], batch["labels"])
     )
-    assert not torch.allclose(completion_loss(lambda **_: logits, unmasked), loss.detach())
+    assert not torch.allclose(completion_loss(_returns(logits), unmasked), loss.detach())
+
+
+def test_completion_loss_runs_the_head_on_trained_positions_only(samples, tok):
+    """`logits_at` (the head on the trained positions only) gives the loss and gradients of scoring the full
+    (B, T, vocab) logits, in float64 to within rounding."""
+    model = model_for(tok).double()
+    batch = make_batch([[samples[2], samples[3]], [samples[5]]])
+    keep = batch["labels"] != IGNORE_INDEX
+    assert model(**model_inputs(batch), logits_at=keep).shape == (int(keep.sum()), model.cfg.vocab_size)
+    fast = completion_loss(model, batch)
+    fast.backward()
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    full = completion_loss(_returns(model(**model_inputs(batch))), batch)
+    full.backward()
+    torch.testing.assert_close(fast, full, rtol=1e-12, atol=0)
+    for got, want in zip(fast_grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_completion_loss_is_the_mean_over_completion_tokens(tok, tmp_path):

@@ -32,10 +32,10 @@ def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 def completion_loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Mean cross-entropy over the trained tokens of the whole batch: `TrainingJob.loss_fn`. The divisor is
     the rows' `label_norm` shares (the step's count, however its rows are split), else this batch's count."""
-    logits = model(**model_inputs(batch))
     labels = batch["labels"]
     keep = labels != IGNORE_INDEX
-    total = F.cross_entropy(_wide(logits[keep]), labels[keep], reduction="sum")
+    logits = model(**model_inputs(batch), logits_at=keep)  # the head runs on trained positions only
+    total = F.cross_entropy(_wide(logits), labels[keep], reduction="sum")
     norm = batch["label_norm"].sum() if "label_norm" in batch else keep.sum()
     return total / norm.to(total.dtype).clamp_min(torch.finfo(total.dtype).tiny)
 

@@ -102,7 +102,11 @@ class LoRAPart(nn.Module):
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(F.linear(x, self.A), self.B) * self.scaling
+        return F.linear(F.linear(x, self.A), self.scaled_B())
+
+    def scaled_B(self) -> Tensor:  # noqa: N802 (the paper's B)
+        """s·B: scaling the (out, r) matrix, not the (…, out) output, saves a full-width multiply."""
+        return self.B * self.scaling
 
     def delta_weight(self) -> Tensor:
         """s·B·A, the (out, in) change that merging adds to the base weight."""
@@ -125,13 +129,23 @@ class LoRAUnit(nn.ModuleDict):
         return next(iter(self.values())).A.dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        def part(name: str) -> Tensor:  # dropout per part: separate layers would draw separate masks
-            return self[name](F.dropout(x, self.p, self.training) if self.p > 0 else x)
-
         if WHOLE in self:
-            return part(WHOLE)
-        lead = x.shape[:-1]
-        return torch.cat([part(n) if n in self else x.new_zeros(*lead, s) for n, s in zip(self.order, self.sizes)], -1)
+            return self[WHOLE](F.dropout(x, self.p, self.training) if self.p > 0 else x)
+        if self.p > 0 and self.training:  # dropout per part: separate layers would draw separate masks
+            lead = x.shape[:-1]
+            return torch.cat(
+                [
+                    self[n](F.dropout(x, self.p, True)) if n in self else x.new_zeros(*lead, s)
+                    for n, s in zip(self.order, self.sizes)
+                ],
+                -1,
+            )
+        # Without dropout every part reads the same x: one matmul with the stacked A's, one with the
+        # block-diagonal s·B's (a part left out is an empty block, i.e. zero rows), and no concatenation
+        # of full-width outputs.
+        parts = [self[n] for n in self.order if n in self]
+        blocks = [self[n].scaled_B() if n in self else x.new_zeros(s, 0) for n, s in zip(self.order, self.sizes)]
+        return F.linear(F.linear(x, torch.cat([p.A for p in parts])), torch.block_diag(*blocks))
 
     def deltas(self) -> Iterator[tuple[slice, Tensor]]:
         """(rows of the base weight, s·B·A) of each adapted part."""

@@ -270,9 +270,12 @@ class PromptTuned(nn.Module):
         attention_mask: Tensor | None = None,
         positions: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
-        """Logits (B, T, vocab) of the input tokens, aligned with `input_ids` and its labels."""
-        return self.base.lm_head(self.hidden_states(input_ids, attention_mask, positions, segment_ids))
+        """Logits (B, T, vocab) of the input tokens, aligned with `input_ids` and its labels; with a bool
+        (B, T) `logits_at`, those positions' logits only, flat (N, vocab), as `DecoderLM.forward`."""
+        hidden = self.hidden_states(input_ids, attention_mask, positions, segment_ids)
+        return self.base.lm_head(hidden if logits_at is None else hidden[logits_at])
 
 
 def is_prompt_key(name: str) -> bool:

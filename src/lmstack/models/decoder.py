@@ -84,10 +84,14 @@ class DecoderLM(nn.Module):
         cache: KVCache | None = None,
         inputs_embeds: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
-        """Logits (B, T, vocab) of token ids or of input embeddings (see `hidden_states`)."""
+        """Logits (B, T, vocab) of token ids or of input embeddings (see `hidden_states`). `logits_at`, a bool
+        (B, T) mask: logits of those positions only, flat (N, vocab) in row-major order. A loss over some
+        positions (completion-only fine-tuning) then skips the vocabulary matmul, a small model's largest,
+        and its (B, T, vocab) activation everywhere else."""
         hidden = self.hidden_states(input_ids, attention_mask, positions, cache, inputs_embeds, segment_ids)
-        return self.lm_head(hidden)
+        return self.lm_head(hidden if logits_at is None else hidden[logits_at])
 
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
