@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
 
 
 def machine() -> dict[str, Any]:
@@ -32,10 +34,9 @@ def machine() -> dict[str, Any]:
 def commit() -> str:
     """Short HEAD, '+dirty' when code differs from it (results this benchmark is writing do not count)."""
     try:
-        root = RESULTS.parents[1]
-        git = {"capture_output": True, "text": True, "timeout": 10, "cwd": root}
+        git = {"capture_output": True, "text": True, "timeout": 10, "cwd": ROOT}
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git)
-        results = RESULTS.relative_to(root).as_posix()
+        results = RESULTS.relative_to(ROOT).as_posix()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", f":!{results}"], **git).stdout
         return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
     except OSError:
@@ -58,17 +59,29 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+def repo_relative(text: str) -> str:
+    """`text` with paths inside the repository made relative to it: results name no path of the machine
+    they were measured on."""
+    return text.replace(f"{ROOT}{os.sep}", "")
+
+
+def command(name: str) -> str:
+    """The command that ran benchmark `name`, as a reader would type it in the repository."""
+    args = [repo_relative(a) for a in sys.argv[1:]]
+    return f"python -m benchmarks.{name}" + (f" {shlex.join(args)}" if args else "")
+
+
 def write_results(name: str, data: dict[str, Any], table_md: str, notes: str = "") -> Path:
     """Write the JSON record and a markdown page stating machine, commit and command."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"name": name, "machine": machine(), "commit": commit(), "command": " ".join(sys.argv), **data}
+    record = {"name": name, "machine": machine(), "commit": commit(), "command": command(name), **data}
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     m = record["machine"]
     page = (
         f"# {name}\n\n{table_md}\n\n{notes}\n\n"
         f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with {m['torch_threads']} threads"
         f"{', GPU ' + m['cuda'] if m['cuda'] else ''}. Commit `{record['commit']}`. "
-        f"Command: `python -m benchmarks.{name}`{(' ' + ' '.join(sys.argv[1:])) if sys.argv[1:] else ''}.\n"
+        f"Command: `{record['command']}`.\n"
     )
     path = RESULTS / f"{name}.md"
     path.write_text(page)

@@ -22,9 +22,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, markdown_table, write_results
+from benchmarks.common import RESULTS, ROOT, markdown_table, repo_relative, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "finetune_pal_lora.yaml"
 COT_PROMPT = "Q: {question}\n\nLet's think step by step."
 ROWS: dict[str, dict[str, Any]] = {  # row → recipe overrides ("base": no training)
@@ -240,11 +239,16 @@ def plot_curves(data: dict[str, Any], path: Path) -> Path | None:
         return None
     from lmstack.train.metrics import read_metrics
 
+    runs = {
+        name: Path(row["run_dir"]) / "metrics.jsonl"
+        for name, row in data["rows"].items()
+        if "run_dir" in row and (Path(row["run_dir"]) / "metrics.jsonl").is_file()
+    }
+    if not runs:  # no run's metrics on this machine (e.g. a step-only run): keep the plot already there
+        return path if path.is_file() else None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (name, row) in enumerate(data["rows"].items()):
-        if "run_dir" not in row or not (Path(row["run_dir"]) / "metrics.jsonl").is_file():
-            continue
-        records = read_metrics(Path(row["run_dir"]) / "metrics.jsonl")
+    for i, (name, metrics) in enumerate(runs.items()):
+        records = read_metrics(metrics)
         train = [(r["step"], r["loss"]) for r in records if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
         color = f"C{i}"
@@ -351,10 +355,10 @@ def main() -> None:
         if row != "base":
             run_dir = Path(given[row]) if row in given else train_row(row, Path(args.out) / row, args.quick)
             record["run"] = run_metrics(run_dir)
-            record["run_dir"] = str(run_dir)
+            record["run_dir"] = repo_relative(str(run_dir))
         record["score"] = score(row, run_dir, n, args.batch_size, adapters.get(row))
         if row in adapters:
-            record["adapter"] = str(adapters[row])
+            record["adapter"] = repo_relative(str(adapters[row]))
         if row != "base":
             record["trainable_pct"] = trainable_pct(run_dir)
         record["wall_s"] = round(time.perf_counter() - start, 1)

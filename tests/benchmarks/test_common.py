@@ -18,6 +18,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", ".")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", "init")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
     monkeypatch.setattr(common, "RESULTS", tmp_path / "docs" / "results")
     return tmp_path
 
@@ -32,3 +33,12 @@ def test_commit_is_clean_while_a_benchmark_rewrites_its_results(repo: Path) -> N
 def test_commit_is_dirty_when_code_differs(repo: Path) -> None:
     (repo / "code.py").write_text("x = 2\n")
     assert common.commit().endswith("+dirty")
+
+
+def test_command_names_repository_paths_relative_and_quotes_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results page must not carry the path of the machine it was measured on, and must stay runnable."""
+    argv = [str(common.ROOT / "benchmarks" / "x.py"), "--run", f"a={common.ROOT / 'runs' / 'a'}", "--rows", ""]
+    monkeypatch.setattr(common.sys, "argv", argv)
+    assert common.command("x") == "python -m benchmarks.x --run a=runs/a --rows ''"
+    monkeypatch.setattr(common.sys, "argv", argv[:1])
+    assert common.command("x") == "python -m benchmarks.x"
