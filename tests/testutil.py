@@ -96,3 +96,39 @@ def live_children() -> set[str]:
 def sandbox_dirs() -> set[str]:
     """The sandbox's temp working directories that exist right now."""
     return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("lmstack-sbx-")}
+
+
+# a tiny byte-level BPE's training texts (ASCII, code, accents, CJK, emoji) for the generation tests
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog. " * 3,
+    "def add(a, b):\n    return a + b\n",
+    "héllo wörld — naïve café, 日本語 and emoji 🤖👍🏽 too.",
+]
+
+
+def tiny_decoder(preset: str, vocab_size: int, scale: float = 8.0, seed: int = 0) -> DecoderLM:
+    """A 2-layer decoder with sharp output distributions (scaled weights: greedy has clear winners)."""
+    torch.manual_seed(seed)
+    cfg = model_config(
+        preset,
+        vocab_size=vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2 if preset == "llama-tiny" else None,
+        d_ff=96,
+        max_seq_len=128,
+    )
+    model = DecoderLM(cfg).eval()
+    with torch.no_grad():  # larger weights → confident predictions, so greedy has clear winners
+        for name, p in model.named_parameters():
+            if not name.endswith("norm.weight"):
+                p.mul_(scale)
+    return model
+
+
+def tiny_bpe():
+    """The generation tests' tokenizer: a 330-token byte-level BPE trained on TEXTS."""
+    from lmstack.tokenizer import Tokenizer
+
+    return Tokenizer.train_bpe(TEXTS * 10, vocab_size=330, min_frequency=1)

@@ -141,11 +141,19 @@ class LoRAUnit(nn.ModuleDict):
                 -1,
             )
         # Without dropout every part reads the same x: one matmul with the stacked A's, one with the
-        # block-diagonal s·B's (a part left out is an empty block, i.e. zero rows), and no concatenation
-        # of full-width outputs.
+        # block-diagonal s·B's, and no concatenation of full-width outputs.
+        a, b = self.low_rank()
+        return F.linear(F.linear(x, a), b)
+
+    def low_rank(self) -> tuple[Tensor, Tensor]:
+        """(A (R, in), s·B (out, R)): the unit as one adapter of rank R = Σr, the parts' A's stacked and
+        their s·B's block-diagonal (a part left out is an empty block, i.e. zero rows), scales folded in."""
+        if WHOLE in self:
+            return self[WHOLE].A, self[WHOLE].scaled_B()
         parts = [self[n] for n in self.order if n in self]
-        blocks = [self[n].scaled_B() if n in self else x.new_zeros(s, 0) for n, s in zip(self.order, self.sizes)]
-        return F.linear(F.linear(x, torch.cat([p.A for p in parts])), torch.block_diag(*blocks))
+        like = parts[0].A
+        blocks = [self[n].scaled_B() if n in self else like.new_zeros(s, 0) for n, s in zip(self.order, self.sizes)]
+        return torch.cat([p.A for p in parts]), torch.block_diag(*blocks)
 
     def deltas(self) -> Iterator[tuple[slice, Tensor]]:
         """(rows of the base weight, s·B·A) of each adapted part."""

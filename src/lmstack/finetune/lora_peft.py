@@ -150,19 +150,9 @@ def _adapter_tensors(model: nn.Module, adapter: str) -> tuple[dict[str, Tensor],
 
 
 def _fused_block(unit) -> tuple[Tensor, Tensor, int, float]:
-    """Part adapters of one layer as one adapter of rank Σr: A stacked, B block-diagonal with each part's
-    scale folded in, so that its own scale is 1."""
-    names = [n for n in unit.order if n in unit]
-    rank, rows = sum(unit[n].r for n in names), sum(unit.sizes)
-    b = unit[names[0]].B.new_zeros(rows, rank)
-    start = width = 0
-    for name, size in zip(unit.order, unit.sizes):
-        if name in unit:
-            part = unit[name]
-            b[start : start + size, width : width + part.r] = part.B.detach() * part.scaling
-            width += part.r
-        start += size
-    return torch.cat([unit[n].A.detach() for n in names]), b, rank, 1.0
+    """Part adapters of one layer as one adapter of rank Σr (`LoRAUnit.low_rank`): its own scale is 1."""
+    a, b = unit.low_rank()
+    return a.detach(), b.detach(), a.shape[0], 1.0
 
 
 def _number(x: float) -> int | float:

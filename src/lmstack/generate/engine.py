@@ -65,7 +65,7 @@ class Completion:
     logprobs: list[float] | None = None
 
 
-class _Row:
+class RowState:
     """Per-row bookkeeping: generated ids, incremental text, stop handling."""
 
     def __init__(
@@ -154,7 +154,7 @@ class Engine:
 
     # ------------------------------------------------------------------ ids in, ids out
 
-    def _stop_ids(self, config: GenerationConfig) -> set[int]:
+    def stop_ids(self, config: GenerationConfig) -> set[int]:
         ids = {int(i) for i in config.stop_token_ids}
         eos = self.tokenizer.eos_id if self.tokenizer is not None else self.model.cfg.eos_token_id
         if eos is not None and not config.ignore_eos:
@@ -187,7 +187,7 @@ class Engine:
         config: GenerationConfig,
         inputs_embeds: Sequence[Tensor] | None = None,
         prefix_embeds: Tensor | None = None,
-    ) -> Iterator[tuple[list[_Row], list[str]]]:
+    ) -> Iterator[tuple[list[RowState], list[str]]]:
         """Run generation; after every step yield the rows (their `ids`, `done`, `finish_reason`) and the
         text piece each row released. The first yield comes right after the prefill; use this for
         progress reporting, timing or custom streaming of a batch.
@@ -224,7 +224,7 @@ class Engine:
                 f"prompt ({longest} tokens) + max_new_tokens ({config.max_new_tokens}) exceeds the model's "
                 f"context of {self.model.cfg.max_seq_len} tokens; shorten the prompt or lower max_new_tokens"
             )
-        rows = [_Row(self.tokenizer, config.stop, n, config.logprobs) for n in lens]
+        rows = [RowState(self.tokenizer, config.stop, n, config.logprobs) for n in lens]
         if config.max_new_tokens == 0:
             yield rows, [""] * bsz
             return
@@ -252,7 +252,7 @@ class Engine:
             is_causal = False
         else:
             mask, is_causal = None, longest > 1
-        stop_ids = self._stop_ids(config)
+        stop_ids = self.stop_ids(config)
         generators = row_generators(bsz, config.seed, dev)
         seen = None
         if config.repetition_penalty != 1.0:
@@ -312,8 +312,8 @@ class Engine:
         return self._complete(self.steps(None, config or GenerationConfig(), inputs_embeds=inputs_embeds))
 
     @staticmethod
-    def _complete(steps: Iterator[tuple[list[_Row], list[str]]]) -> list[Completion]:
-        rows: list[_Row] = []
+    def _complete(steps: Iterator[tuple[list[RowState], list[str]]]) -> list[Completion]:
+        rows: list[RowState] = []
         for step_rows, _ in steps:
             rows = step_rows
         return [r.completion() for r in rows]

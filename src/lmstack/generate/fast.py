@@ -48,6 +48,9 @@ from lmstack.models.fused import FusedLinear
 Mode = Literal["fp32", "bf16", "int8", "int4"]
 MODES: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
 INT4_GROUP = 32  # weights per int4 scale/zero group (as GGUF's Q4_0/Q4_1 blocks)
+# per projection of a block (qkv, o, up, down): (A (N, R, in), B (N, out, R)) stacked over N adapters with
+# each scale folded into B; adapter 0 is all zeros (no adapter), None where no adapter touches the projection
+LayerAdapters = tuple[tuple[Tensor, Tensor] | None, ...]
 
 
 def quantize_int8(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,6 +125,13 @@ def rowdot_linear(mode: str, x: Tensor, weight: Any, scale: Tensor | None, bias:
     if scale is not None:
         y = y * scale.float()
     return y if bias is None else y + bias
+
+
+def lora_delta(x: Tensor, pair: tuple[Tensor, Tensor], index: Tensor) -> Tensor:
+    """Each row's own low-rank update x·Aᵢᵀ·Bᵢᵀ (x (B, T, in), index (B,) into the stacked adapters): rows
+    of one batch can use different adapters over the one copy of the base weights (as S-LoRA/punica)."""
+    a, b = pair
+    return torch.bmm(torch.bmm(x, a[index].transpose(1, 2)), b[index].transpose(1, 2))
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -202,7 +212,7 @@ def _norm_tensors(module: nn.Module) -> tuple[Tensor, Tensor | None]:
     return module.weight.detach(), None if bias is None else bias.detach()
 
 
-def _projections(block: nn.Module) -> tuple[nn.Module, ...]:
+def projections(block: nn.Module) -> tuple[nn.Module, ...]:
     return block.attn.qkv_proj, block.attn.o_proj, block.mlp.up_proj, block.mlp.down_proj
 
 
@@ -233,7 +243,7 @@ class FastDecoder:
             raise ConfigError("FastDecoder supports pre-norm decoders only; use the model's own forward")
         if mode in ("int8", "int4") and model.embed.tokens.weight.device.type != "cpu":
             raise ConfigError(f"mode {mode!r} uses CPU kernels; on {model.embed.tokens.weight.device} use fp32 or bf16")
-        plain = [type(m) in (nn.Linear, FusedLinear) for b in model.layers for m in _projections(b)]
+        plain = [type(m) in (nn.Linear, FusedLinear) for b in model.layers for m in projections(b)]
         if not all(plain) or type(model.lm_head) is not nn.Linear:
             raise ConfigError(
                 "FastDecoder packs plain nn.Linear projections only (this model has other layer "
@@ -246,7 +256,7 @@ class FastDecoder:
         self.h, self.kvh, self.hd, self.d = c.n_heads, c.kv_heads, c.head_dim, c.d_model
         self.rms, self.eps = c.norm == "rmsnorm", c.norm_eps
         self.gated, self.act_name = c.mlp in ("swiglu", "geglu"), c.mlp
-        self.linears = [PackedLinear(lin.weight, lin.bias, packing) for b in model.layers for lin in _projections(b)]
+        self.linears = [PackedLinear(lin.weight, lin.bias, packing) for b in model.layers for lin in projections(b)]
         # per layer, a flat tuple of tensors (see `_layer_tensors`)
         self.layers = [_layer_tensors(b, self.linears[4 * i : 4 * i + 4]) for i, b in enumerate(model.layers)]
         # The output head stays int8 in int4 mode: 4 bits there cost far more quality than in the blocks. It
@@ -254,6 +264,7 @@ class FastDecoder:
         # the weight-only int8 kernel on this 49152-row matrix.
         self.head = PackedLinear(model.lm_head.weight, None, "int8dyn" if mode == "int4" else packing)
         self.final_norm = _norm_tensors(model.norm)
+        self.adapters: list[LayerAdapters] | None = None  # per block, see `lora_delta`; `serve.adapters`
         if compile:
             # One graph per (weight mode, model shape, batch of 1 or more, mask or not, first or later cache
             # length): several engines in one process pass dynamo's default limit of 8 per function.
@@ -273,8 +284,8 @@ class FastDecoder:
         """Re-pack the weights from the model's current parameters (after an optimizer step or a weight
         load; same shapes). One pass over the weights (fp32: a transposed copy into the buffers it already
         holds); compiled decode steps are kept, not recompiled."""
-        projections = [lin for b in self.model.layers for lin in _projections(b)]
-        for packed, lin in zip(self.linears, projections):
+        current = [lin for b in self.model.layers for lin in projections(b)]
+        for packed, lin in zip(self.linears, current):
             packed.load_(lin.weight, lin.bias)
         self.layers = [_layer_tensors(b, self.linears[4 * i : 4 * i + 4]) for i, b in enumerate(self.model.layers)]
         self.head.load_(self.model.lm_head.weight, None)
@@ -322,20 +333,37 @@ class FastDecoder:
         is_causal: bool,
         p: tuple[Tensor | None, ...],
         decode: bool = False,
+        write_pos: Tensor | None = None,
+        lora: tuple[LayerAdapters, Tensor] | None = None,
     ) -> Tensor:
-        """One block. `decode=True` (the compiled single-token step) uses the explicit reductions."""
+        """One block. `decode=True` (the compiled single-token step) uses the explicit reductions.
+        `write_pos` (B,): one new token per row, row i's keys/values written at its own position (the slots
+        of continuous batching) instead of all at `start`. `lora`: (this layer's adapter bank, each row's
+        adapter index) adds each row's own low-rank update to the four projections."""
         bsz, seq, _ = x.shape
         h, kvh, hd = self.h, self.kvh, self.hd
         mode = self.packing
-        linear = rowdot_linear if decode and bsz == 1 else packed_linear
-        qkv = linear(mode, self._norm(x, p[0], p[1]), p[2], p[3], p[4]).view(bsz, seq, h + 2 * kvh, hd)
+        plain = rowdot_linear if decode and bsz == 1 else packed_linear
+
+        def linear(mode: str, inp: Tensor, w: Any, s: Tensor | None, b: Tensor | None, j: int) -> Tensor:
+            y = plain(mode, inp, w, s, b)
+            if lora is not None and lora[0][j] is not None:
+                y = y + lora_delta(inp, lora[0][j], lora[1])
+            return y
+
+        qkv = linear(mode, self._norm(x, p[0], p[1]), p[2], p[3], p[4], 0).view(bsz, seq, h + 2 * kvh, hd)
         qk, v = qkv[:, :, : h + kvh], qkv[:, :, h + kvh :]
         if cos is not None:
             half = hd // 2
             qk = qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin
         end = start + seq
-        k_cache.narrow(2, start, seq).copy_(qk[:, :, h:].transpose(1, 2))
-        v_cache.narrow(2, start, seq).copy_(v.transpose(1, 2))
+        if write_pos is None:
+            k_cache.narrow(2, start, seq).copy_(qk[:, :, h:].transpose(1, 2))
+            v_cache.narrow(2, start, seq).copy_(v.transpose(1, 2))
+        else:
+            rows = torch.arange(bsz, device=x.device)
+            k_cache[rows, :, write_pos] = qk[:, 0, h:]
+            v_cache[rows, :, write_pos] = v[:, 0]
         keys, values = k_cache.narrow(2, 0, end), v_cache.narrow(2, 0, end)
         if decode:
             out = decode_attention(qk[:, :, :h], keys, values, mask)
@@ -352,14 +380,14 @@ class FastDecoder:
                 .transpose(1, 2)
                 .reshape(bsz, seq, h * hd)
             )
-        x = x + linear(mode, out, p[5], p[6], p[7])
-        u = linear(mode, self._norm(x, p[8], p[9]), p[10], p[11], p[12])
+        x = x + linear(mode, out, p[5], p[6], p[7], 1)
+        u = linear(mode, self._norm(x, p[8], p[9]), p[10], p[11], p[12], 2)
         if self.gated:
             gate, up = u.chunk(2, dim=-1)
             u = self._act(gate) * up
         else:
             u = self._act(u)
-        return x + linear(mode, u, p[13], p[14], p[15])
+        return x + linear(mode, u, p[13], p[14], p[15], 3)
 
     def _head(self, x: Tensor, decode: bool = False) -> Tensor:
         x = self._norm(x, *self.final_norm)
@@ -376,11 +404,13 @@ class FastDecoder:
         is_causal: bool = False,
         last_only: bool = True,
         inputs_embeds: Tensor | None = None,
+        adapter_index: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, V) of the last position (or (B, T, V)); writes keys/values at `cache.length` and
         advances it. `mask`: bool (B|1, 1, T, past+T), True = attend; None with `is_causal` for plain
         causal prefill, None alone for single-token decoding without padding. `inputs_embeds` (B, T, d)
-        replaces `input_ids` (pass None for those)."""
+        replaces `input_ids` (pass None for those). `adapter_index` (B,): each row's adapter in
+        `self.adapters` (0 = none)."""
         seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         start = cache.length
         if start + seq > cache.max_len:
@@ -395,10 +425,43 @@ class FastDecoder:
                 sin = self.model.rope.sin[positions].unsqueeze(2)
             layer = self._decode_layer if decode else self._layer
             for i, p in enumerate(self.layers):
-                x = layer(x, cos, sin, cache.k[i], cache.v[i], start, mask, is_causal, p)
+                lora = self._lora(i, adapter_index)
+                x = layer(x, cos, sin, cache.k[i], cache.v[i], start, mask, is_causal, p, lora=lora)
             cache.length = start + seq
             if last_only:
                 x = x[:, -1]
+            return self._decode_head(x, decode=True) if decode else self._head(x)
+
+    def _lora(self, layer: int, adapter_index: Tensor | None) -> tuple[LayerAdapters, Tensor] | None:
+        if self.adapters is None or adapter_index is None:
+            return None
+        return self.adapters[layer], adapter_index
+
+    def decode_at(
+        self, input_ids: Tensor, positions: Tensor, cache: KVCache, adapter_index: Tensor | None = None
+    ) -> Tensor:
+        """Logits (n, V) for one new token in each of the cache's first n rows, row i written at
+        `positions[i]` and attending to its keys 0..positions[i] only: rows of different lengths and ages
+        in one forward pass (continuous batching). `cache.length` is not used or changed."""
+        n = input_ids.shape[0]
+        width = int(positions.max()) + 1
+        if width > cache.max_len:
+            raise ValueError(f"KV cache is full: {width} tokens > max_len {cache.max_len}")
+        keys = torch.arange(width, device=positions.device)[None] <= positions[:, None]
+        mask = keys[:, None, None]  # (n, 1, 1, width)
+        decode = self.compiled
+        with torch.no_grad() if decode else torch.inference_mode():
+            x = self._embed(input_ids[:, None], positions[:, None], None)
+            cos = sin = None
+            if self.model.rope is not None:
+                cos = self.model.rope.cos[positions[:, None]].unsqueeze(2)
+                sin = self.model.rope.sin[positions[:, None]].unsqueeze(2)
+            layer = self._decode_layer if decode else self._layer
+            for i, p in enumerate(self.layers):
+                k, v = cache.k[i][:n], cache.v[i][:n]
+                lora = self._lora(i, adapter_index)
+                x = layer(x, cos, sin, k, v, width - 1, mask, False, p, write_pos=positions, lora=lora)
+            x = x[:, -1]
             return self._decode_head(x, decode=True) if decode else self._head(x)
 
 
@@ -434,3 +497,35 @@ class ModelForward:
     ) -> Tensor:
         x = self.model.hidden_states(input_ids, key_mask, positions, cache, inputs_embeds=inputs_embeds)
         return self.model.lm_head(x[:, -1] if last_only else x).float()
+
+    @torch.no_grad()
+    def decode_at(
+        self, input_ids: Tensor, positions: Tensor, cache: KVCache, adapter_index: Tensor | None = None
+    ) -> Tensor:
+        """`FastDecoder.decode_at` over the model's own modules (per-row adapters are a packed-mode feature)."""
+        if adapter_index is not None and bool((adapter_index != 0).any()):
+            raise ConfigError("per-row adapters need a packed weight mode; this model runs its own modules")
+        n = input_ids.shape[0]
+        width = int(positions.max()) + 1
+        if width > cache.max_len:
+            raise ValueError(f"KV cache is full: {width} tokens > max_len {cache.max_len}")
+        key_mask = torch.arange(width, device=positions.device)[None] <= positions[:, None]
+        rows = RowWrites(cache, positions, n, width)
+        x = self.model.hidden_states(input_ids[:, None], key_mask, positions[:, None], rows)
+        return self.model.lm_head(x[:, -1]).float()
+
+
+class RowWrites(KVCache):
+    """A view of a cache's first n rows in which each row's one new key/value goes to its own position
+    (what the model's attention calls `update` with), for `ModelForward.decode_at`."""
+
+    def __init__(self, cache: KVCache, positions: Tensor, n: int, width: int) -> None:
+        self.positions, self.n = positions, n
+        self.k, self.v = cache.k, cache.v
+        self.max_len, self.length = width, width - 1
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        rows = torch.arange(self.n, device=k.device)
+        self.k[layer, rows, :, self.positions] = k[:, :, 0]
+        self.v[layer, rows, :, self.positions] = v[:, :, 0]
+        return self.k[layer, : self.n, :, : self.max_len], self.v[layer, : self.n, :, : self.max_len]
