@@ -8,7 +8,7 @@
       seq_len: 384
       datasets:
         - {name: pal, path: data/math_word/train.jsonl, val_path: data/math_word/validation.jsonl,
-           prompt: "{question}", completion: "{program}"}
+           prompt: "{question}", completion: "{program}", metric: pal, metric_rows: 32}
     lora: {r: 8, alpha: 16, targets: all-linear}
     train: {steps: 300, batch_size: 8, lr: 2e-4}
 
@@ -16,7 +16,15 @@ Each dataset's rows are JSONL; `prompt`/`completion` are templates over a row's 
 task file can be trained in several formats (PAL programs, CoT rationales) without rewriting it. Without
 templates a row's own `prompt`/`completion` or `messages` are used. The loss is on completion (assistant)
 tokens only; several datasets form a mixture with sampling `weight`s or a `temperature`; validation loss is
-logged per task. LoRA and prompt-tuning checkpoints hold only what trains (`TrainingJob.state_filter`) plus a
+logged per task (`val_loss/<task>`, with two or more datasets).
+
+A dataset's `metric` adds a task metric at the same evaluation points (`val_metric/<task>`, an accuracy in
+[0, 1]; `lmstack.finetune.task_metrics`): the first `metric_rows` validation rows (default 32) are decoded
+greedily from their training prompt, in batches of `train.batch_size`, and scored as `exact` (the text equals
+the reference completion, both stripped), `answer` (its final number matches the row's `answer` field) or
+`pal` (the extracted program, run in the sandbox, returns the row's `answer`). It needs a validation split.
+
+LoRA and prompt-tuning checkpoints hold only what trains (`TrainingJob.state_filter`) plus a
 peft-layout copy under `adapter/` or `prompt/`, which `lmstack.finetune.load.load_finetuned` puts back on the
 base.
 """
@@ -38,6 +46,7 @@ from lmstack.fileio import write_json
 from lmstack.finetune.lora import LoRAConfig, apply_lora, is_lora_key, lora_summary
 from lmstack.finetune.lora_peft import save_adapter
 from lmstack.finetune.prompt_tuning import PromptTuned, PromptTuningConfig, is_prompt_key, save_prompt
+from lmstack.finetune.task_metrics import METRICS, MetricSet, TaskMetricEval, check_rows
 from lmstack.train.callbacks import Callback, LoopState
 from lmstack.train.loop import TrainConfig, TrainingJob
 
@@ -66,6 +75,8 @@ class DatasetConfig:
     system: str = ""
     max_rows: int = 0  # 0 = all rows
     max_val_rows: int = 0
+    metric: str = ""  # "" (none) | pal | answer | exact: a task metric on the validation rows
+    metric_rows: int = 32  # how many validation rows (the first ones) the metric scores
 
     @property
     def label(self) -> str:
@@ -112,6 +123,14 @@ def recipe_from_dict(data: dict[str, Any]) -> FinetuneRecipe:
             raise ConfigError(f"data.datasets[{i}]: give either path (a JSONL file) or task (a task generator)")
         if d.task and d.val_path:
             raise ConfigError(f"data.datasets[{i}]: a task dataset generates its validation split; drop val_path")
+        if d.metric not in ("", *METRICS):
+            raise ConfigError(
+                f"data.datasets[{i}].metric must be one of {', '.join(METRICS)} (or empty); got {d.metric!r}"
+            )
+        if d.metric and not d.has_val:
+            raise ConfigError(f"data.datasets[{i}].metric needs a validation split: val_path, or a task with n_val > 0")
+        if not isinstance(d.metric_rows, int) or d.metric_rows < 1:
+            raise ConfigError(f"data.datasets[{i}].metric_rows must be a positive integer, got {d.metric_rows!r}")
     names = [d.label for d in recipe.data.datasets]
     if len(set(names)) != len(names):
         raise ConfigError(f"data.datasets: task names must be distinct, got {names}")
@@ -161,12 +180,24 @@ def _rows(d: DatasetConfig, val: bool) -> list[tuple[str, dict[str, Any]]]:
     return [(f"{path}:{lineno}", row) for lineno, row in read_rows(path)]
 
 
-def load_dataset(d: DatasetConfig, tok: Any, fmt: InstructFormat, val: bool = False) -> list[Sample]:
-    """A dataset's train (or validation) samples, tokenised and checked: every row first, and the first bad
-    one raises a DataError naming its file:line (or task/split#index)."""
+def dataset_rows(d: DatasetConfig, val: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(origin, raw row) for a dataset's train (or validation) split, capped by max_rows (max_val_rows)."""
     rows = _rows(d, val)
     cap = d.max_val_rows if val else d.max_rows
-    rows = rows[:cap] if cap else rows
+    return rows[:cap] if cap else rows
+
+
+def load_dataset(
+    d: DatasetConfig,
+    tok: Any,
+    fmt: InstructFormat,
+    val: bool = False,
+    rows: list[tuple[str, dict[str, Any]]] | None = None,
+) -> list[Sample]:
+    """A dataset's train (or validation) samples, tokenised and checked: every row first, and the first bad
+    one raises a DataError naming its file:line (or task/split#index). `rows` (from `dataset_rows`) saves
+    reading them again; sample i is always row i."""
+    rows = dataset_rows(d, val) if rows is None else rows
     mapper, mode = _row_mapper(d), fmt.resolve(tok)
     samples = []
     for origin, row in rows:
@@ -212,7 +243,17 @@ def build_job(recipe: FinetuneRecipe, run_dir: Path | None = None, log=print) ->
         raise ConfigError(f"data.seq_len ({d.seq_len}) exceeds the base's context ({model.cfg.max_seq_len})")
     fmt = InstructFormat(max_len=d.seq_len + 1, format=d.format, truncation=d.truncation)
     train_sets = {ds.label: load_dataset(ds, tok, fmt) for ds in d.datasets}
-    eval_sets = {ds.label: load_dataset(ds, tok, fmt, val=True) for ds in d.datasets if ds.has_val}
+    eval_sets, metric_sets = {}, {}
+    for i, ds in enumerate(d.datasets):
+        if not ds.has_val:
+            continue
+        rows = dataset_rows(ds, val=True)
+        eval_sets[ds.label] = load_dataset(ds, tok, fmt, val=True, rows=rows)
+        if ds.metric:
+            scored = rows[: ds.metric_rows]
+            check_rows(ds.metric, scored, f"data.datasets[{i}].metric")
+            samples = eval_sets[ds.label][: ds.metric_rows]
+            metric_sets[ds.label] = MetricSet(ds.metric, samples, [row for _, row in scored])
     log("data: " + ", ".join(f"{k} {len(v)} train / {len(eval_sets.get(k, []))} val" for k, v in train_sets.items()))
     weights = None if d.temperature is not None else {ds.label: ds.weight for ds in d.datasets}
     mixture = Mixture(train_sets, weights=weights, temperature=d.temperature, seed=cfg.seed)
@@ -249,6 +290,9 @@ def build_job(recipe: FinetuneRecipe, run_dir: Path | None = None, log=print) ->
     )
     if len(capped) > 1:
         job.callbacks.append(PerTaskEval(capped, cfg.batch_size, d.seq_len, pad))
+    if metric_sets:  # also for a single dataset
+        job.callbacks.append(TaskMetricEval(metric_sets, tok, cfg.batch_size))
+        log("task metrics: " + ", ".join(f"{k} {m.metric} on {len(m.samples)} rows" for k, m in metric_sets.items()))
     return job, tok
 
 
