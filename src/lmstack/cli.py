@@ -508,6 +508,46 @@ def _add_pal(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_pal)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lmstack.serve.protocol import Limits
+    from lmstack.serve.server import serve_main
+
+    limits = Limits(args.max_prompt_tokens, args.max_tokens, args.max_n, args.max_body_bytes)
+    return serve_main(
+        args.model or ["smollm2-135m-instruct"], args.adapter, mode=args.mode, compile=args.compile,
+        host=args.host, port=args.port, api_key=args.api_key, slots=args.slots, max_len=args.max_len,
+        max_queue=args.max_queue, embeddings=args.embeddings, limits=limits,
+    )  # fmt: skip
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server (chat, completions, embeddings) with continuous batching",
+        description="Serve local models over the OpenAI API: lmstack serve --adapter pal=PATH --port 8000; "
+        "clients use base_url http://127.0.0.1:8000/v1 and model NAME or NAME:ADAPTER.",
+    )
+    add = p.add_argument
+    add("--model", action="append", help="[NAME=]SPEC, repeatable (default smollm2-135m-instruct); any "
+        "load_pretrained spec: GGUF, HF directory, run directory, packed BitNet checkpoint")  # fmt: skip
+    add("--adapter", action="append", default=[], help="[NAME=]PATH of a peft LoRA adapter over the first "
+        "model, or a shipped name (pal); none = no adapters (default: pal on the default model)")  # fmt: skip
+    add("--mode", choices=["fp32", "bf16", "int8", "int4", "live"], default="fp32", help="decode weights")
+    add("--compile", action="store_true", help="torch.compile the decode step")
+    add("--host", default="127.0.0.1", help="address to bind (loopback by default)")
+    add("--port", type=int, default=8000)
+    add("--api-key", default=None, help="require Authorization: Bearer KEY")
+    add("--slots", type=int, default=16, help="rows decoded together (continuous batching)")
+    add("--max-len", type=int, default=2048, help="tokens per slot (prompt + completion)")
+    add("--max-queue", type=int, default=64, help="requests waiting for a slot before 429")
+    add("--max-prompt-tokens", type=int, default=4096)
+    add("--max-tokens", type=int, default=2048, help="the most max_tokens a request may ask for")
+    add("--max-n", type=int, default=8, help="the most choices (n) per request")
+    add("--max-body-bytes", type=int, default=1 << 20)
+    add("--embeddings", default="all-minilm-l6-v2", help="embedding model for /v1/embeddings, or none")
+    p.set_defaults(func=_cmd_serve)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_finetune,
@@ -518,6 +558,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_generate,
     _add_chat,
     _add_pal,
+    _add_serve,
 ]
 
 

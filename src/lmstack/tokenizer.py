@@ -6,6 +6,7 @@ the jinja2 chat template), so tokenizers saved here load in `transformers` and v
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -36,6 +37,17 @@ DEFAULT_SPECIAL_TOKENS = {
 CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 N_SENTINELS = 32
 ROLE_KEYS = ("bos_token", "eos_token", "pad_token", "mask_token", "unk_token")
+
+
+@functools.cache
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's): every byte shown as one printable character; character → byte.
+    Printable Latin-1 bytes stand for themselves, the other bytes for code points from 256 on, in order."""
+    shown = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), 256)]
+    extra = [b for b in range(256) if b not in shown]
+    table = {chr(b): b for b in shown}
+    table.update({chr(256 + i): b for i, b in enumerate(extra)})
+    return table
 
 
 def sentinel(i: int) -> str:
@@ -165,6 +177,22 @@ class Tokenizer:
 
     def special_ids(self) -> set[int]:
         return {self.hf.token_to_id(t.content) for t in self.hf.get_added_tokens_decoder().values() if t.special}
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, even when it is a part of a multi-byte character (which decoding
+        it alone shows as U+FFFD): byte-level BPE's printable alphabet mapped back to bytes, SentencePiece's
+        `▁` and `<0xNN>` byte tokens; a special token's own text."""
+        piece = self.hf.id_to_token(int(token_id))
+        if piece is None:
+            raise DataError(f"token id {token_id} is outside the vocabulary ({self.vocab_size})")
+        if int(token_id) in self.special_ids():
+            return piece.encode()
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        if isinstance(self.hf.decoder, decoders.ByteLevel):
+            table = _byte_level_alphabet()
+            return bytes(table[c] for c in piece)
+        return piece.replace("\u2581", " ").encode()
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         return self.hf.encode(text, add_special_tokens=add_special_tokens).ids

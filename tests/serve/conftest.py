@@ -3,7 +3,7 @@
 import pytest
 
 from lmstack.models import DecoderLM
-from lmstack.tokenizer import Tokenizer
+from lmstack.tokenizer import CHATML_TEMPLATE, Tokenizer
 from testutil import tiny_bpe, tiny_decoder
 
 
@@ -15,3 +15,10 @@ def tokenizer() -> Tokenizer:
 @pytest.fixture
 def llama(tokenizer) -> DecoderLM:
     return tiny_decoder("llama-tiny", tokenizer.vocab_size)
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer() -> Tokenizer:
+    tok = tiny_bpe()
+    tok.chat_template = CHATML_TEMPLATE
+    return tok

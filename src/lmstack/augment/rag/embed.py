@@ -62,6 +62,10 @@ class SentenceEmbedder:
     def dim(self) -> int:
         return self.model.cfg.d_model
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text takes (special tokens included, after truncation): an API's usage figure."""
+        return [len(e.ids) for e in self._hf.encode_batch(list(texts), add_special_tokens=True)]
+
     @torch.inference_mode()
     def encode(self, texts: Sequence[str] | str, batch_size: int | None = None) -> Tensor:
         single = isinstance(texts, str)
