@@ -154,6 +154,7 @@ def sampling(body: dict[str, Any], limits: Limits, chat: bool) -> Sampling:
         stop=_stop(body),
         seed=None if seed is None else seed % 2**63,
         logprobs=want_logprobs,
+        ignore_eos=bool(_get(body, "ignore_eos", (bool,), False, "a boolean")),  # vLLM / llama.cpp extension
     )
     return Sampling(
         config,
