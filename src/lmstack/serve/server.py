@@ -57,13 +57,12 @@ def load_model(
     model, tok = load_finetuned(spec, merge=True)
     if not isinstance(model, DecoderLM) or tok is None:
         raise ConfigError(f"{spec} is not a decoder with a tokenizer; the server needs both")
+    engine = Engine(model.eval(), tok, mode=mode, compile=compile)
     names, bank = {}, None
     if adapters:
-        names, bank = adapter_bank(model, {k: adapter_path(v) for k, v in adapters.items()})
-    engine = Engine(model.eval(), tok, mode=mode, compile=compile)
-    if bank is not None:
-        if not engine.fast.packs_weights:
+        if not engine.fast.packs_weights:  # before loading them: a BitNet model has no nn.Linear to put them on
             raise ConfigError(f"{spec} runs its own modules (e.g. BitNet); adapters by name need a packed model")
+        names, bank = adapter_bank(model, {k: adapter_path(v) for k, v in adapters.items()})
         engine.fast.adapters = bank
     scheduler = Scheduler(engine, slots=slots, max_len=max_len, max_queue=max_queue, adapters=names)
     return ServedModel(name or model_name(spec), scheduler, tok, created=int(time.time()))
