@@ -1,6 +1,7 @@
 """Continuous batching: requests joining and leaving a running batch get exactly the tokens they get alone."""
 
 import copy
+import shutil
 import threading
 import time
 
@@ -206,3 +207,21 @@ def test_many_concurrent_submitters(llama, tokenizer):
         scheduler.stop()
     for i in range(16):
         assert out[i] == alone(engine, PROMPTS[i % len(PROMPTS)], config)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile needs a C++ compiler"
+)
+def test_compiled_decode_step_keeps_rows_of_a_running_batch_on_their_eager_tokens(llama, tokenizer):
+    compiled = Engine(llama, tokenizer, compile=True)
+    eager = Engine(llama, tokenizer)
+    scheduler = Scheduler(compiled, slots=4).start()
+    configs = [GenerationConfig(max_new_tokens=n, ignore_eos=True) for n in (12, 5, 9, 14)]
+    try:
+        results = staggered(scheduler, [Request(p, c) for p, c in zip(PROMPTS, configs)], every_steps=1)
+    finally:
+        scheduler.stop()
+    assert scheduler.peak_batch > 1
+    for prompt, config, result in zip(PROMPTS, configs, results):
+        assert result.token_ids == alone(eager, prompt, config)
