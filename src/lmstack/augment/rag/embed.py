@@ -7,7 +7,7 @@ results come back in input order. With all-MiniLM-L6-v2 this reproduces sentence
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,21 @@ from torch import Tensor
 from lmstack.errors import DataError
 from lmstack.models.encoder import EncoderModel, pool
 from lmstack.tokenizer import Tokenizer
+
+
+class Embedder(Protocol):
+    """What the RAG index needs of an embedding model. `name` and `dim` are stored in an index, so that
+    a query is never embedded by another model than its chunks; `token_spans` (character offsets of the
+    tokens) lets the chunker count the model's own tokens while keeping exact source offsets."""
+
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> Tensor: ...
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]: ...
 
 
 class SentenceEmbedder:
@@ -30,16 +45,21 @@ class SentenceEmbedder:
         pooling: Literal["mean", "cls"] = "mean",
         normalize: bool = True,
         batch_size: int = 64,
+        name: str = "custom",
     ) -> None:
         if max_length > model.cfg.max_seq_len:
             raise DataError(f"max_length {max_length} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length, self.pooling, self.normalize, self.batch_size = max_length, pooling, normalize, batch_size
+        self.name = name
         # A private copy, so that truncation settings do not leak into the shared tokenizer.
         self._hf = HFTokenizer.from_str(tokenizer.hf.to_str())
         self._hf.no_padding()
         self._hf.enable_truncation(max_length)
+        self._spans_hf = HFTokenizer.from_str(tokenizer.hf.to_str())  # whole texts, for the chunker
+        self._spans_hf.no_padding()
+        self._spans_hf.no_truncation()
 
     @classmethod
     def from_pretrained(cls, name: str = "all-minilm-l6-v2", **kwargs) -> SentenceEmbedder:
@@ -50,10 +70,10 @@ class SentenceEmbedder:
 
         if name.lower() in NAMES:
             model, tokenizer = load_minilm()
-            settings = minilm_settings(minilm_dir())
+            settings = {**minilm_settings(minilm_dir()), "name": NAMES[0]}
         else:
             model, tokenizer = load_hf(name)
-            settings = {}
+            settings = {"name": name}
             if not isinstance(model, EncoderModel) or tokenizer is None:
                 raise DataError(f"{name} is not an encoder with a tokenizer; SentenceEmbedder needs one")
         return cls(model, tokenizer, **{**settings, **kwargs})
@@ -61,6 +81,11 @@ class SentenceEmbedder:
     @property
     def dim(self) -> int:
         return self.model.cfg.d_model
+
+    def token_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character offsets `(start, end)` of each token of `text` (no special tokens, no truncation)."""
+        offsets = self._spans_hf.encode(text, add_special_tokens=False).offsets
+        return [(a, b) for a, b in offsets if b > a]
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text takes (special tokens included, after truncation): an API's usage figure."""
