@@ -107,3 +107,18 @@ def make_pdf(path: Path, pages: Sequence[Sequence[str]]) -> Path:
     with open(path, "wb") as f:
         writer.write(f)
     return path
+
+
+def tiny_chat_llm_parts(max_seq_len: int = 2048):
+    """A random-init 2-layer llama and the tests' tiny BPE with a ChatML template: (model, tokenizer). Its
+    context is long enough for a prompt of a few fenced passages (tests/testutil's tiny_decoder has 128)."""
+    from lmstack.models import DecoderLM, model_config
+    from lmstack.tokenizer import CHATML_TEMPLATE
+    from testutil import tiny_bpe
+
+    tok = tiny_bpe()
+    tok.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(0)
+    cfg = model_config("llama-tiny", vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                       d_ff=96, max_seq_len=max_seq_len)  # fmt: skip
+    return DecoderLM(cfg).eval(), tok

@@ -1,4 +1,5 @@
-"""`lmstack rag ingest DIR --index PATH` and `lmstack rag search QUERY --index PATH`.
+"""`lmstack rag ingest DIR --index PATH`, `lmstack rag search QUERY --index PATH` and
+`lmstack rag ask QUESTION --index PATH` (or `--questions FILE.jsonl --out OUT.jsonl`).
 
 Kept here rather than in `lmstack.cli` (which only registers `add_rag_parser`); the heavy imports (torch,
 faiss, the model) happen in the handlers, so that `lmstack --help` stays fast.
@@ -10,6 +11,26 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lmstack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lmstack.augment.llm import LLM
+    from lmstack.augment.rag.answer import Answer
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def load_local_llm(spec: str) -> LLM:
+    """`rag ask`'s local model: `llm.local_llm(spec)`, the bare model. This layer cannot load LoRA adapters
+    (`lmstack.finetune` imports `lmstack.augment`), so a grounded-answer adapter comes in through
+    `add_rag_parser(sub, load_llm=...)`: a loader, written where finetune may be imported, that returns
+    `LocalLLM(Engine(model_with_the_adapter_merged, tokenizer))`."""
+    from lmstack.augment.llm import local_llm
+
+    return local_llm(spec)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -54,8 +75,89 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_rag_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rag", help="retrieval over a folder of documents: ingest it into an index, search it")
+def _check_ask_args(args: argparse.Namespace) -> None:
+    """Every mistake in the arguments, before the index is opened or a model loaded."""
+    if (args.question is None) == (args.questions is None):
+        raise ConfigError("rag ask takes a QUESTION or --questions FILE.jsonl (with --out OUT.jsonl): one of them")
+    if args.question is not None and not args.question.strip():
+        raise ConfigError("the question is empty")
+    if (args.questions is None) != (args.out is None):
+        raise ConfigError("--questions FILE.jsonl and --out OUT.jsonl go together")
+    for name in ("k", "max_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.base_url is not None:
+        if args.model is not None:
+            raise ConfigError("give --model (a local model) or --base-url (an endpoint), not both")
+        if not args.api_model:
+            raise ConfigError("--base-url needs --api-model NAME (the model name the endpoint serves)")
+    elif args.api_model is not None or args.api_key is not None:
+        raise ConfigError("--api-model and --api-key go with --base-url URL")
+
+
+def _make_llm(args: argparse.Namespace) -> LLM:
+    if args.base_url is not None:
+        from lmstack.augment.llm import OpenAIClient
+
+        return OpenAIClient(args.base_url, args.api_model, api_key=args.api_key)
+    return args.load_llm(args.model or DEFAULT_MODEL)
+
+
+def _print_answer(answer: Answer) -> None:
+    print(answer.answer.strip())
+    print()
+    if answer.citations:
+        print("Sources:")
+        for c in answer.citations:
+            print(c.location())
+    elif answer.hits:
+        print("Sources: none cited. Retrieved:")
+        for n, hit in enumerate(answer.hits, start=1):
+            print(f"[{n}] {hit.path}:{hit.start}-{hit.end}")
+    else:
+        print("Sources: none (nothing was retrieved)")
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from lmstack.augment.chain import Trace
+    from lmstack.augment.rag.answer import ask_many, read_questions
+    from lmstack.augment.rag.index import RagIndex
+    from lmstack.fileio import write_jsonl
+
+    _check_ask_args(args)
+    with RagIndex.open(args.index) as index:  # a missing or foreign index fails here, before a model loads
+        rows = read_questions(args.questions) if args.questions else [{"question": args.question}]
+        embedder = None
+        if args.mode != "bm25":
+            from lmstack.augment.rag.embed import SentenceEmbedder
+
+            embedder = SentenceEmbedder.from_pretrained(args.embedder or index.settings.embedder)
+        llm = _make_llm(args)
+        trace = Trace() if args.trace else None
+        answers, params = [], {"max_tokens": args.max_tokens}
+        try:
+            for start in range(0, len(rows), args.batch_size):  # one llm.batch call per batch of questions
+                questions = [row["question"] for row in rows[start : start + args.batch_size]]
+                answers += ask_many(questions, index, embedder, llm, args.k, args.mode, trace, **params)
+        finally:
+            if trace is not None:
+                trace.save_jsonl(args.trace)
+            if hasattr(llm, "close"):
+                llm.close()
+    if args.questions is None:
+        _print_answer(answers[0])
+        return 0
+    out = [{**({"id": row["id"]} if "id" in row else {}), **a.to_row()} for row, a in zip(rows, answers)]
+    write_jsonl(args.out, out)
+    cited = sum(bool(a.citations) for a in answers)
+    print(f"{args.out}: {len(answers)} answers, {cited} with at least one citation")
+    return 0
+
+
+def add_rag_parser(sub: argparse._SubParsersAction, load_llm: Callable[[str], LLM] = load_local_llm) -> None:
+    """`lmstack rag ...`. `load_llm(spec)` gives `rag ask` its local model (see `load_local_llm`): the hook
+    for an adapter-loaded LLM, such as the grounded-answer LoRA."""
+    p = sub.add_parser("rag", help="retrieval over a folder of documents: ingest, search, ask with citations")
     rag_sub = p.add_subparsers(dest="rag_command", metavar="ACTION")
     rag_sub.required = True
     ing = rag_sub.add_parser(
@@ -88,3 +190,26 @@ def add_rag_parser(sub: argparse._SubParsersAction) -> None:
         help="text (a list), json (a line per hit) or context (numbered, fenced passages for a prompt)",
     )
     se.set_defaults(func=_cmd_search)
+    ask = rag_sub.add_parser(
+        "ask",
+        help="answer from an index, citing passages as [n] (file:start-end)",
+        description="Retrieve the k best passages, give them to the model as numbered untrusted data, and print "
+        "the answer with the passages it cites. Batch mode: --questions FILE.jsonl (rows with `question`) "
+        "--out OUT.jsonl (rows with question, answer, citations). The model is local (--model) or any "
+        "OpenAI-compatible endpoint (--base-url, --api-model, --api-key).",
+    )
+    ask.add_argument("question", nargs="?", default=None, metavar="QUESTION")
+    ask.add_argument("--index", required=True, metavar="PATH", help="index folder built by `lmstack rag ingest`")
+    ask.add_argument("--k", type=int, default=4, help="passages in the prompt")
+    ask.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default="hybrid")
+    ask.add_argument("--embedder", default=None, help="default: the model the index was built with")
+    ask.add_argument("--model", default=None, metavar="SPEC", help=f"local model (default {DEFAULT_MODEL})")
+    ask.add_argument("--base-url", default=None, metavar="URL", help="an OpenAI-compatible endpoint instead")
+    ask.add_argument("--api-model", default=None, metavar="NAME", help="the model name at --base-url")
+    ask.add_argument("--api-key", default=None, metavar="KEY", help="bearer token for --base-url")
+    ask.add_argument("--max-tokens", type=int, default=128, help="answer length limit in tokens")
+    ask.add_argument("--trace", default=None, metavar="FILE.jsonl", help="save every step (prompts included)")
+    ask.add_argument("--questions", default=None, metavar="FILE.jsonl", help="batch mode: rows with `question`")
+    ask.add_argument("--out", default=None, metavar="OUT.jsonl", help="batch mode: where the answers go")
+    ask.add_argument("--batch-size", type=int, default=16, help="batch mode: questions per model batch")
+    ask.set_defaults(func=_cmd_ask, load_llm=load_llm)
