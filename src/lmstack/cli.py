@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from lmstack.augment.agent_cli import add_agent_parser
 from lmstack.augment.rag.cli import add_rag_parser
 from lmstack.errors import ConfigError, LMStackError
 
@@ -561,6 +562,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_pal,
     _add_serve,
     add_rag_parser,
+    add_agent_parser,
 ]
 
 
