@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from benchmarks.common import RESULTS, ROOT, markdown_table, repo_relative, write_results
 
@@ -29,6 +30,11 @@ COT_PROMPT = "Q: {question}\n\nLet's think step by step."
 ROWS: dict[str, dict[str, Any]] = {  # row → recipe overrides ("base": no training)
     "base": {},
     "lora8": {"overrides": []},
+    # the first shipped adapter: 120 steps over 2,000 problems (the recipe before it trained longer)
+    "lora8_120": {
+        "overrides": ["train.steps=120", "train.warmup_steps=10", "train.eval_every=40", "train.save_every=20"],
+        "n": 2000,
+    },  # fmt: skip
     "lora4": {"overrides": ["lora.r=4", "lora.alpha=8"]},
     "lora16": {"overrides": ["lora.r=16", "lora.alpha=32"]},
     "full": {"overrides": ["method=full", "train.lr=5e-5"]},
@@ -38,6 +44,7 @@ ROWS: dict[str, dict[str, Any]] = {  # row → recipe overrides ("base": no trai
 LABELS = {
     "base": "bare model, 4-shot PAL prompt",
     "lora8": "LoRA r=8 (all linear layers) — the shipped adapter's recipe",
+    "lora8_120": "LoRA r=8, 120 steps on 2,000 problems (the first shipped adapter)",
     "lora4": "LoRA r=4",
     "lora16": "LoRA r=16",
     "full": "full fine-tuning",
@@ -85,15 +92,21 @@ def trainable_pct(run_dir: Path) -> float:
     return 100.0 * (extra or sum(sizes.values())) / (sum(sizes.values()) - extra)
 
 
+def datasets_override(d: dict[str, Any]) -> str:
+    """A `data.datasets=[...]` override holding one dataset (flow-style YAML; strings JSON-quoted)."""
+    fields = ", ".join(f"{k}: {json.dumps(v) if isinstance(v, str) else v}" for k, v in d.items())
+    return f"data.datasets=[{{{fields}}}]"
+
+
 def train_row(row: str, out: Path, quick: bool) -> Path:
     from lmstack.train.recipe import run_recipe
 
     overrides = [f"out_dir={out}", "train.progress=false", *ROWS[row]["overrides"]]
-    if ROWS[row].get("cot"):
-        overrides += [
-            f"data.datasets=[{{name: cot, task: math_word, n: 2000, n_val: 32, prompt: {json.dumps(COT_PROMPT)}, "
-            "completion: '{rationale}'}]"
-        ]
+    pal = yaml.safe_load(RECIPE.read_text())["data"]["datasets"][0]  # the recipe's PAL dataset
+    if ROWS[row].get("cot"):  # the same problems, the rationale as the completion
+        overrides.append(datasets_override({**pal, "name": "cot", "prompt": COT_PROMPT, "completion": "{rationale}"}))
+    elif "n" in ROWS[row]:
+        overrides.append(datasets_override({**pal, "n": ROWS[row]["n"]}))
     if quick:
         overrides += ["train.steps=2", "train.eval_every=0", "train.eval_batches=1", "train.save_every=0"]
     run_recipe(RECIPE, overrides, log=lambda m: print(f"  [{row}] {m}", flush=True), default_kind="finetune")
@@ -318,7 +331,71 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
             f"{step['trainable_peft']:,}). lmstack runs the vocabulary head on the trained tokens only "
             "(`DecoderLM.forward(logits_at=...)`); transformers computes every position's logits."
         )
+    conditions = [
+        f"- {LABELS[r]}: {data['rows'][r]['conditions']}" for r in ROWS if data["rows"].get(r, {}).get("conditions")
+    ]
+    if conditions:
+        notes.append("\n**Conditions** (as recorded with each run):\n" + "\n".join(conditions))
+    notes.append("\n" + "\n".join(goal_lines(data)))
     return table, "\n".join(notes)
+
+
+def goal_lines(data: dict[str, Any]) -> list[str]:
+    """The issue's goals against whatever rows have been run (a goal whose rows are missing says so)."""
+    rows, step = data["rows"], data.get("step")
+
+    def acc(row: str, split: str) -> float | None:
+        return rows[row]["score"][split]["accuracy"] * 100 if row in rows else None
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    out = ["**Against the issue's goals:**"]
+    test, hard = acc("lora8", "math_word"), acc("lora8", "math_word_hard")
+    if test is not None:
+        out.append(
+            f"- PAL after fine-tuning (the shipped recipe): {test:.0f}% test (≥ 50%: {verdict(test >= 50)}), "
+            f"{hard:.0f}% hard (≥ 40%: {verdict(hard >= 40)})."
+        )
+    cot_test, cot_hard = acc("cot", "math_word"), acc("cot", "math_word_hard")
+    if test is not None and cot_test is not None:
+        out.append(
+            f"- PAL − CoT: {test - cot_test:+.0f} points test (≥ +20: {verdict(test - cot_test >= 20)}), "
+            f"{hard - cot_hard:+.0f} hard (≥ +40: {verdict(hard - cot_hard >= 40)})."
+        )
+    else:
+        out.append("- PAL vs CoT: the CoT row was not run.")
+    full = acc("full", "math_word")
+    small = [r for r in ("lora4", "lora8", "lora16") if r in rows and rows[r].get("trainable_pct", 100) < 1]
+    if full is not None and small:
+        best = max(small, key=lambda r: acc(r, "math_word"))
+        gap = full - acc(best, "math_word")
+        out.append(
+            f"- LoRA within 2 points of full fine-tuning at < 1% trainable: {LABELS[best]} "
+            f"({rows[best]['trainable_pct']:.2f}%) is {gap:+.0f} points behind full ({verdict(gap <= 2)})."
+        )
+    else:
+        have = ", ".join(r for r in ("full", "lora4") if r in rows) or "neither"
+        out.append(f"- LoRA vs full fine-tuning at < 1% trainable: needs the full and lora4 rows (run: {have}).")
+    if step:
+        out.append(f"- LoRA step vs peft: {step['speedup']}× (≥ 1.2×: {verdict(step['speedup'] >= 1.2)}).")
+    lora_state = rows.get("lora8", {}).get("run", {}).get("optimizer_state_mb")
+    if lora_state:
+        full_state = rows.get("full", {}).get("run", {}).get("optimizer_state_mb")
+        params = rows["lora8"]["score"].get("params")
+        how = "measured"
+        if not full_state and params:
+            full_state, how = 8 * params / 2**20, "computed as 8 bytes × parameters (the full row was not run)"
+        if full_state:
+            share = 100 * lora_state / full_state
+            out.append(
+                f"- LoRA's Adam state: {lora_state} MiB vs {full_state:.0f} MiB for full fine-tuning ({how}) = "
+                f"{share:.1f}% (≤ 2%: {verdict(share <= 2)})."
+            )
+    missing = [LABELS[r] for r in ROWS if r not in rows]
+    if missing:
+        out.append("- Not run: " + "; ".join(missing) + ".")
+    return out
 
 
 def main() -> None:
@@ -328,6 +405,7 @@ def main() -> None:
     p.add_argument(
         "--adapter", action="append", default=[], help="ROW=DIR: score this peft adapter (e.g. the shipped copy)"
     )
+    p.add_argument("--conditions", default="", help="how the machine was during these rows (shown on the page)")
     p.add_argument("--n", type=int, default=100, help="problems per split")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--step", action="store_true", help="also time one LoRA step against peft")
@@ -362,6 +440,8 @@ def main() -> None:
         if row != "base":
             record["trainable_pct"] = trainable_pct(run_dir)
         record["wall_s"] = round(time.perf_counter() - start, 1)
+        if args.conditions:
+            record["conditions"] = args.conditions
         data["rows"][row] = record
     if args.step or args.quick:
         data["step"] = lora_step_times(1 if args.quick else args.step_repeats)
