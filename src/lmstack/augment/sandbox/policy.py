@@ -422,7 +422,10 @@ def _transformer(policy: Policy) -> type[_PolicyTransformer]:
     return type("PolicyTransformer", (_PolicyTransformer,), {"policy": policy})
 
 
-_DEEP_LOCK = threading.Lock()
+# Held by every policy compile, not just the deep ones: the recursion limit is process-wide, and a compile
+# running in another thread while it changes fails inside CPython ("AST constructor recursion depth
+# mismatch"). Re-entrant, as the deep retry takes it again from the same thread.
+_DEEP_LOCK = threading.RLock()
 _DEEP_STACK = 256 << 20  # virtual; only what the recursion touches is ever mapped
 _DEEP_LIMIT = 8 * MAX_DEPTH + 2_000
 
@@ -500,16 +503,17 @@ def compile_program(source: str, policy: Policy | None) -> tuple[object | None, 
         if policy is None:
             return compile(source, "<program>", "exec", dont_inherit=True), []
         transformer = _transformer(policy)
-        tree = ast.parse(source, "<program>")  # at the normal recursion limit: bounds the depth
-        try:
-            code, errors = _restricted(tree, transformer)
-        except RecursionError:  # a long `a + b + ...` or elif chain: again, on a deep stack
-            tree = ast.parse(source, "<program>")  # the first tree was partly transformed
-            if not _depth_at_most(tree, MAX_DEPTH):
-                return None, [f"program is nested more than {MAX_DEPTH} levels deep"]
-            code, errors = _on_deep_stack(lambda: _restricted(tree, transformer))  # type: ignore[misc]
+        with _DEEP_LOCK:
+            tree = ast.parse(source, "<program>")  # at the normal recursion limit: bounds the depth
+            try:
+                code, errors = _restricted(tree, transformer)
+            except RecursionError:  # a long `a + b + ...` or elif chain: again, on a deep stack
+                tree = ast.parse(source, "<program>")  # the first tree was partly transformed
+                if not _depth_at_most(tree, MAX_DEPTH):
+                    return None, [f"program is nested more than {MAX_DEPTH} levels deep"]
+                code, errors = _on_deep_stack(lambda: _restricted(tree, transformer))  # type: ignore[misc]
     except SyntaxError as exc:
         return None, [f"Line {exc.lineno}: SyntaxError: {exc.msg}"[:300]]
-    except (RecursionError, MemoryError, ValueError, RuntimeError) as exc:  # absurd nesting, NUL bytes, ...
+    except (RecursionError, MemoryError, ValueError, RuntimeError, SystemError) as exc:  # absurd nesting, NUL, ...
         return None, [f"program cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}"]
     return code, [e if len(e) <= 300 else e[:297] + "..." for e in errors]
