@@ -308,6 +308,9 @@ def main() -> None:
         "sent → first text chunk; ITL = gap between text chunks. The load generator runs in the benchmark's "
         "own process on the same cores.\n\n" + "\n".join(goals) + ("\n\n" + "\n".join(notes) if notes else "")
     )
+    if args.llama_server:  # results name no path of this machine: the binary by its name
+        sys.argv = [Path(a).name if a == args.llama_server else a for a in sys.argv]
+        args.llama_server = Path(args.llama_server).name
     write_results("serve", {"rows": rows, "args": vars(args)}, markdown_table(header, table), text)
 
 
