@@ -198,6 +198,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
         self.peak_batch = 0
+        self.cancelled = 0  # rows that left the batch unfinished (a client went away, or shutdown)
 
     # ------------------------------------------------------------------ public side (any thread)
 
@@ -224,7 +225,12 @@ class Scheduler:
 
     def load(self) -> dict[str, int]:
         with self._cv:
-            return {"running": len(self._active), "waiting": len(self._waiting), "slots": self.slots}
+            return {
+                "running": len(self._active),
+                "waiting": len(self._waiting),
+                "slots": self.slots,
+                "cancelled": self.cancelled,
+            }
 
     def stop(self, drain: bool = False, timeout: float | None = 30.0) -> None:
         """Stop taking requests; `drain` finishes the running and waiting ones, otherwise they end now
@@ -372,6 +378,8 @@ class Scheduler:
         the finish_reason to send (rows that finished normally have sent theirs)."""
         for i in sorted(indices, reverse=True):
             row = self._active[i]
+            if reason == "cancelled":
+                self.cancelled += 1
             if reason is not None:
                 state = row.state
                 row.handle.emit(
