@@ -412,18 +412,6 @@ def _pal_adapter(args: argparse.Namespace) -> str | None:
     return str(shipped_adapter("pal") if args.adapter in ("auto", "pal") else args.adapter)
 
 
-def _read_questions(path: str) -> list[str]:
-    from lmstack.data.instruct import read_rows
-    from lmstack.errors import DataError
-
-    questions = []
-    for lineno, row in read_rows(path):
-        if not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise DataError(f"{path}:{lineno}: each row needs a non-empty string field 'question'")
-        questions.append(row["question"])
-    return questions
-
-
 def _cmd_pal(args: argparse.Namespace) -> int:
     from lmstack.augment.sandbox import Limits, run_program
 
@@ -448,8 +436,9 @@ def _cmd_pal(args: argparse.Namespace) -> int:
     if bool(args.questions) != bool(args.out):
         raise ConfigError("--questions FILE.jsonl and --out OUT.jsonl go together")
     from lmstack.augment.pal import EXAMPLES, FINETUNED_PROMPT, INSTRUCTION, engine_generate_many, solve_many
+    from lmstack.data.instruct import read_questions
 
-    questions = _read_questions(args.questions) if args.questions else [args.question]
+    questions = [r["question"] for r in read_questions(args.questions)] if args.questions else [args.question]
     adapter = _pal_adapter(args)
     args.adapters = {"pal": adapter} if adapter else {}
     style = FINETUNED_PROMPT if adapter else {"examples": EXAMPLES, "instruction": INSTRUCTION}

@@ -11,21 +11,6 @@ layer): serve the fine-tuned model and point `--base-url` at it, or pass a merge
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-
-def read_questions(path: str) -> list[dict[str, Any]]:
-    """The rows of a questions file, each with a non-empty string `question`; a bad row is an error that
-    names the file and line."""
-    from lmstack.data.instruct import read_rows
-    from lmstack.errors import DataError
-
-    rows = []
-    for lineno, row in read_rows(path):
-        if not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise DataError(f"{path}:{lineno}: each row needs a non-empty string field 'question'")
-        rows.append(row)
-    return rows
 
 
 def load_llm(args: argparse.Namespace):
@@ -52,6 +37,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         raise ConfigError("--questions FILE.jsonl and --out OUT.jsonl go together")
     if args.max_steps < 1 or args.cot_k < 0 or args.k < 1:
         raise ConfigError("need --max-steps >= 1, --cot-k >= 0 and --k >= 1")
+    from lmstack.data.instruct import read_questions
+
     rows = read_questions(args.questions) if args.questions else [{"question": args.question}]
 
     from lmstack.augment.chain import Trace

@@ -114,6 +114,20 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
+def read_questions(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a batch-mode questions file (`lmstack pal|rag ask|agent --questions`): JSONL objects, each
+    with a non-empty string `question`; a bad row is a DataError naming the file and line."""
+    if not Path(path).is_file():
+        raise DataError(f"questions file not found: {path}")
+    rows = []
+    for lineno, row in read_rows(path):
+        question = row.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{path}:{lineno}: each row needs a non-empty string field 'question' (got {question!r})")
+        rows.append(row)
+    return rows
+
+
 def check_messages(messages: Any) -> list[dict[str, Any]]:
     """The `messages` list if it is well formed, else a DataError saying what is wrong (without location)."""
     if not isinstance(messages, list) or not messages:

@@ -24,7 +24,6 @@ from lmstack.augment.rag.answer import (
     closed_book_messages,
     grounded_messages,
     parse_citations,
-    read_questions,
 )
 from lmstack.augment.rag.cli import add_rag_parser
 from lmstack.augment.rag.context import escape_fences
@@ -32,6 +31,7 @@ from lmstack.augment.rag.index import RagIndex
 from lmstack.augment.rag.ingest import ingest
 from lmstack.augment.rag.retrieve import Hit, search
 from lmstack.cli import build_parser, main
+from lmstack.data.instruct import read_questions
 from lmstack.errors import ConfigError, DataError
 from lmstack.generate.engine import Engine
 
@@ -321,9 +321,12 @@ def test_a_missing_index_fails_before_any_model_loads(tmp_path, capsys, no_model
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        (['{"question": "ok"}', "", '{"q": "where?"}'], r"questions.jsonl:3: the row has no `question` string"),
-        (['{"question": ""}'], r"questions.jsonl:1: the row has no `question` string \(got ''\)"),
-        (['{"question": 7}'], r"questions.jsonl:1: the row has no `question` string \(got 7\)"),
+        (
+            ['{"question": "ok"}', "", '{"q": "where?"}'],
+            r"questions.jsonl:3: each row needs a non-empty string field 'question'",
+        ),
+        (['{"question": ""}'], r"questions.jsonl:1: each row needs a non-empty string field 'question' \(got ''\)"),
+        (['{"question": 7}'], r"questions.jsonl:1: each row needs a non-empty string field 'question' \(got 7\)"),
         (['{"question": "ok"}', "not json"], r"questions.jsonl:2: invalid JSON"),
         (['["a list"]'], r"questions.jsonl:1: each line must be a JSON object"),
     ],

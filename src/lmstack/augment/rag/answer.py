@@ -13,11 +13,9 @@ names no passage (the model's invention, or a "[9]" copied out of a document) is
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lmstack.augment.chain import Trace, llm_step, retriever, step
@@ -26,7 +24,7 @@ from lmstack.augment.rag.context import escape_fences, format_context
 from lmstack.augment.rag.embed import Embedder
 from lmstack.augment.rag.index import RagIndex
 from lmstack.augment.rag.retrieve import Hit, Mode, search
-from lmstack.errors import ConfigError, DataError
+from lmstack.errors import ConfigError
 
 GROUNDED_INSTRUCTION = (
     "Answer the question using only the numbered sources in the user's message. After each statement, cite "
@@ -174,30 +172,6 @@ def closed_book_many(
     return [Answer(q, text, prompt=p) for q, p, text in zip(questions, prompts, texts)]
 
 
-def read_questions(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a questions JSONL file, each a JSON object with a non-empty `question` string; a row that
-    is not names the file and line (blank lines are skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"questions file not found: {path}")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: each line must be a JSON object with a `question`")
-            q = row.get("question")
-            if not isinstance(q, str) or not q.strip():
-                raise DataError(f"{path}:{lineno}: the row has no `question` string (got {q!r})")
-            rows.append(row)
-    return rows
-
-
 __all__ = [
     "CLOSED_BOOK_INSTRUCTION",
     "GROUNDED_INSTRUCTION",
@@ -210,5 +184,4 @@ __all__ = [
     "closed_book_many",
     "grounded_messages",
     "parse_citations",
-    "read_questions",
 ]

@@ -120,8 +120,9 @@ def _print_answer(answer: Answer) -> None:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     from lmstack.augment.chain import Trace
-    from lmstack.augment.rag.answer import ask_many, read_questions
+    from lmstack.augment.rag.answer import ask_many
     from lmstack.augment.rag.index import RagIndex
+    from lmstack.data.instruct import read_questions
     from lmstack.fileio import write_jsonl
 
     _check_ask_args(args)
