@@ -151,7 +151,7 @@ def create_app(
     # ------------------------------------------------------------------ generation
 
     def submit(
-        model: ServedModel, adapter: str | None, prompts: list[list[int]], s: p.Sampling
+        model: ServedModel, adapter: str | None, prompts: list[list[int]], s: p.Sampling, chat: bool
     ) -> tuple[list[Choice], list[Handle], asyncio.Queue]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
@@ -192,7 +192,7 @@ def create_app(
         except (ConfigError, DataError) as exc:
             for h in handles:
                 h.cancel()
-            raise p.bad("messages" if s.extra.get("chat") else "prompt", str(exc)) from exc
+            raise p.bad("messages" if chat else "prompt", str(exc)) from exc
         return choices, handles, events
 
     def absorb(choice: Choice, event: Event) -> None:
@@ -227,7 +227,7 @@ def create_app(
             for h in handles:
                 h.cancel()
 
-    def logprobs_of(model: ServedModel, chat: bool, choice: Choice, ids, lps, tops, offset: int = 0):
+    def logprobs_of(model: ServedModel, chat: bool, ids, lps, tops, offset: int = 0):
         if chat:
             return p.chat_logprobs(model.tokenizer, ids, lps, tops or None)
         return p.completion_logprobs(model.tokenizer, ids, lps, tops or None, offset)
@@ -259,7 +259,7 @@ def create_app(
             out["logprobs"] = None
             if s.config.logprobs and event.token_ids:
                 offset = len(choice.text) - len(event.text)
-                out["logprobs"] = logprobs_of(model, chat, choice, event.token_ids, event.logprobs or [],
+                out["logprobs"] = logprobs_of(model, chat, event.token_ids, event.logprobs or [],
                                               event.top_logprobs or [], offset)  # fmt: skip
             out["finish_reason"] = event.finish_reason
             return out
@@ -293,7 +293,6 @@ def create_app(
         body = await read_json(request)
         model, adapter = resolve(body)
         s = p.sampling(body, limits, chat)
-        s.extra["chat"] = chat
         if chat:
             if body.get("tools") or body.get("functions"):
                 raise p.bad("tools", "tool calling is not supported by this server", "unsupported_parameter")
@@ -318,7 +317,7 @@ def create_app(
             if best_of is not None and best_of != s.n:
                 raise p.bad("best_of", "'best_of' other than n is not supported", "unsupported_parameter")
             prompts = p.completion_prompts(body, model.tokenizer)
-        choices, handles, events = submit(model, adapter, prompts, s)
+        choices, handles, events = submit(model, adapter, prompts, s, chat)
         name = body["model"]
         if s.stream:
             return StreamingResponse(
@@ -331,7 +330,7 @@ def create_app(
         for c in choices:
             logprobs = None
             if s.config.logprobs:
-                logprobs = logprobs_of(model, chat, c, c.ids, c.logprobs, c.tops)
+                logprobs = logprobs_of(model, chat, c.ids, c.logprobs, c.tops)
             entry: dict[str, Any] = {"index": c.index}
             if chat:
                 entry["message"] = {"role": "assistant", "content": c.text, "refusal": None}

@@ -13,7 +13,7 @@ import math
 import struct
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lmstack.generate.sampling import GenerationConfig
@@ -115,7 +115,6 @@ class Sampling:
     frequency_penalty: float
     top_logprobs: int
     max_tokens: int | None  # None: whatever the context leaves (capped by Limits.max_tokens)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def sampling(body: dict[str, Any], limits: Limits, chat: bool) -> Sampling:
