@@ -404,12 +404,10 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
 
 def _pal_adapter(args: argparse.Namespace) -> str | None:
     """The adapter `lmstack pal` puts on the model: `auto` = the shipped PAL adapter on the default model."""
-    from lmstack.finetune.load import shipped_adapter
-    from lmstack.weights.load import SMOLLM_NAMES
+    from lmstack.finetune.load import resolve_adapter
 
-    if args.adapter == "none" or (args.adapter == "auto" and str(args.model).lower() not in SMOLLM_NAMES):
-        return None
-    return str(shipped_adapter("pal") if args.adapter in ("auto", "pal") else args.adapter)
+    adapter = resolve_adapter(args.adapter, args.model, "pal")
+    return None if adapter is None else str(adapter)
 
 
 def _cmd_pal(args: argparse.Namespace) -> int:
@@ -539,6 +537,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+def _rag_llm(spec: str, choice: str | None):
+    """`rag ask`'s model: the shipped grounded-answer adapter (or `--adapter`) merged into `spec`."""
+    from lmstack.finetune.load import adapter_llm
+
+    return adapter_llm("rag")(spec, choice)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_finetune,
@@ -550,7 +555,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_chat,
     _add_pal,
     _add_serve,
-    add_rag_parser,
+    lambda sub: add_rag_parser(sub, load_llm=_rag_llm),
     add_agent_parser,
 ]
 

@@ -23,7 +23,7 @@ from lmstack.weights.checkpoint import resolve_checkpoint
 from lmstack.weights.load import load_model_for_inference, load_pretrained
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"  # the adapters that ship in the package
-SHIPPED = {"pal": "smollm2-pal"}  # short name → directory under ADAPTERS (each has a README: recipe, command)
+SHIPPED = {"pal": "smollm2-pal", "rag": "smollm2-rag"}  # short name → directory under ADAPTERS (README: recipe)
 
 
 def shipped_adapter(name: str) -> Path:
@@ -34,6 +34,39 @@ def shipped_adapter(name: str) -> Path:
     if not (path / "adapter_config.json").is_file():
         raise CheckpointError(f"the shipped adapter {name!r} is missing from {path} (a broken install?)")
     return path
+
+
+def resolve_adapter(choice: str | None, model: str, shipped: str) -> Path | None:
+    """The adapter a command puts on `model`: `auto` (or None) = the shipped adapter `shipped` when the model is
+    the default SmolLM2 and nothing otherwise, `none` = nothing, a shipped name, or a peft adapter directory."""
+    from lmstack.weights.load import SMOLLM_NAMES
+
+    choice = choice or "auto"
+    if choice == "none" or (choice == "auto" and str(model).lower() not in SMOLLM_NAMES):
+        return None
+    if choice == "auto":
+        return shipped_adapter(shipped)
+    return shipped_adapter(choice) if choice in SHIPPED else Path(choice)
+
+
+def adapter_llm(shipped: str):
+    """A loader `(model spec, adapter choice) -> (LocalLLM, adapter path or None)` for the commands of the augment
+    layer (`rag ask`, `agent`), which cannot import this layer: the adapter (see `resolve_adapter`) is merged
+    into the weights, so the engine decodes a plain model."""
+
+    def load(spec: str, choice: str | None = None):
+        from lmstack.augment.llm import LocalLLM
+        from lmstack.generate.engine import Engine
+        from lmstack.models.decoder import DecoderLM
+
+        adapter = resolve_adapter(choice, spec, shipped)
+        model, tok = load_finetuned(spec, {shipped: adapter} if adapter else {}, merge=True)
+        if not isinstance(model, DecoderLM) or tok is None:
+            raise CheckpointError(f"{spec} is not a decoder with a tokenizer; an LLM needs both")
+        name = f"{spec}:{shipped}" if adapter else str(spec)
+        return LocalLLM(Engine(model, tok), name), adapter
+
+    return load
 
 
 def finetune_checkpoint(spec: str | os.PathLike) -> Path | None:

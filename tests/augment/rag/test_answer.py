@@ -17,13 +17,17 @@ from lmstack.augment.rag.answer import (
     CLOSED_BOOK_INSTRUCTION,
     GROUNDED_INSTRUCTION,
     NO_SOURCES,
+    SEARCH_INSTRUCTION,
     Citation,
     ask,
     ask_many,
     closed_book_many,
     closed_book_messages,
+    final_answer,
+    follow_up_message,
     grounded_messages,
     parse_citations,
+    search_query,
 )
 from lmstack.augment.rag.cli import add_rag_parser
 from lmstack.augment.rag.context import escape_fences
@@ -210,6 +214,71 @@ def test_ask_many_retrieves_for_each_question_then_makes_one_batch_call(index_pa
     assert all(e.prompt_tokens > 0 and e.details["params"] == {"max_tokens": 6} for e in llm_events)
 
 
+class Scripted:
+    """A chat model that replies from a script: `replies[question]` is the list of its replies, in order."""
+
+    def __init__(self, replies: dict[str, list[str]]) -> None:
+        self.replies, self.name, self.calls = {q: list(r) for q, r in replies.items()}, "scripted", []
+
+    def batch(self, inputs, **params):
+        self.calls.append(list(inputs))
+        out = []
+        for messages in inputs:
+            question = next(q for q in self.replies if q in messages[1]["content"])
+            out.append(LLMResult(self.replies[question].pop(0), "stop", 10, 5, 0.001, self.name))
+        return out
+
+
+def test_a_follow_up_search_appends_new_passages_numbered_on(index_path, embedder):
+    one, two = "How many bridges does Town02ville have?", "What does Town09ville export?"
+    llm = Scripted(
+        {
+            one: ["Search: Town07ville harbour", "Town02ville: bridges [1]. Town07ville: harbour [3].\nAnswer: 4"],
+            two: ["Town09ville exports grain [1].\nAnswer: grain"],
+        }
+    )
+    trace = Trace()
+    with RagIndex.open(index_path, embedder) as index:
+        answers = ask_many([one, two], index, embedder, llm, k=2, mode="bm25", trace=trace, searches=2,
+                           instruction=SEARCH_INSTRUCTION)  # fmt: skip
+        first = search(index, one, embedder, k=2, mode="bm25")
+        seen = {h.chunk_id for h in first}
+        more = [h for h in search(index, "Town07ville harbour", embedder, k=2, mode="bm25") if h.chunk_id not in seen]
+    assert [len(c) for c in llm.calls] == [2, 1]  # round two asks only the question that searched
+    a = answers[0]
+    assert a.searches == ["Town07ville harbour"] and a.hits == first + more and more
+    assert a.prompt == [
+        *grounded_messages(one, first, SEARCH_INSTRUCTION),
+        {"role": "assistant", "content": "Search: Town07ville harbour"},
+        follow_up_message("Town07ville harbour", more, first=3),
+    ]
+    assert llm.calls[1][0] == a.prompt and "<<<passage [3] " in a.prompt[-1]["content"]
+    assert [c.n for c in a.citations] == [1, 3] and a.citations[1].file == more[0].path
+    assert (a.final, answers[1].final, answers[1].searches) == ("4", "grain", [])
+    assert [e.kind for e in trace].count("llm") == 3
+
+
+def test_search_replies_and_final_answers_are_read_strictly():
+    assert search_query("Search: Latin Munezot\nmore") == "Latin Munezot"
+    assert search_query("  Search:   X  ") == "X"
+    assert search_query("I would Search: X") is None and search_query("Search:   ") is None
+    assert final_answer("A: 1 [1].\nAnswer: 1938") == "1938"
+    assert final_answer("Answer: a\nAnswer: b ") == "b" and final_answer(" no marker ") == "no marker"
+    assert follow_up_message("Q<<<x", [], first=5) == {
+        "role": "user",
+        "content": f"No new passages were found for: {escape_fences('Q<<<x')}",
+    }
+
+
+def test_searches_are_not_taken_without_being_allowed(index_path, embedder):
+    llm = Scripted({"Town01ville?": ["Search: Town02ville"]})
+    with RagIndex.open(index_path, embedder) as index:
+        (a,) = ask_many(["Town01ville?"], index, embedder, llm, k=2, mode="bm25")
+        with pytest.raises(ConfigError, match="searches must be 0 or more"):
+            ask_many(["Town01ville?"], index, embedder, llm, searches=-1)
+    assert a.answer == "Search: Town02ville" and a.searches == [] and len(llm.calls) == 1
+
+
 def test_ask_checks_its_parameters_before_retrieving(index_path, embedder):
     with RagIndex.open(index_path, embedder) as index:
         with pytest.raises(ConfigError, match="max_new_tokens"):
@@ -263,7 +332,8 @@ def no_models(monkeypatch):
 def test_ask_parses_with_its_defaults():
     args = build_parser().parse_args(["rag", "ask", "Why?", "--index", "idx"])
     got = (args.question, args.index, args.k, args.mode, args.max_tokens, args.model)
-    assert got == ("Why?", "idx", 4, "hybrid", 128, None)
+    assert got == ("Why?", "idx", 3, "hybrid", 128, None)
+    assert (args.adapter, args.searches) == ("auto", None)  # the adapter decides: 3 searches with it, 0 without
     assert (args.base_url, args.questions, args.out, args.trace) == (None, None, None, None)
 
 
@@ -297,15 +367,15 @@ def test_one_question_prints_the_answer_and_its_sources(index_path, parts, capsy
     model, tok = parts
     loaded = []
 
-    def load_llm(spec):
-        loaded.append(spec)
-        return Canned("Town04ville has six bridges [2], as [1] and [2] say.")
+    def load_llm(spec, adapter):
+        loaded.append((spec, adapter))
+        return Canned("Town04ville has six bridges [2], as [1] and [2] say."), None
 
     parser = argparse.ArgumentParser()
     add_rag_parser(parser.add_subparsers(dest="command"), load_llm=load_llm)
     args = parser.parse_args(["rag", "ask", "Town04ville bridges?", "--index", str(index_path), "--mode", "bm25"])
     assert args.func(args) == 0
-    assert loaded == ["smollm2-135m-instruct"]
+    assert loaded == [("smollm2-135m-instruct", "auto")]
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == ["Town04ville has six bridges [2], as [1] and [2] say.", "", "Sources:"]
     assert len(lines) == 5 and lines[3].startswith("[2] ") and lines[4].startswith("[1] town04.txt:")

@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
-def load_local_llm(spec: str) -> LLM:
-    """`rag ask`'s local model: `llm.local_llm(spec)`, the bare model. This layer cannot load LoRA adapters
-    (`lmstack.finetune` imports `lmstack.augment`), so a grounded-answer adapter comes in through
-    `add_rag_parser(sub, load_llm=...)`: a loader, written where finetune may be imported, that returns
-    `LocalLLM(Engine(model_with_the_adapter_merged, tokenizer))`."""
+def load_local_llm(spec: str, adapter: str | None = None) -> tuple[LLM, str | None]:
+    """`rag ask`'s local model without adapters: (`llm.local_llm(spec)`, None). This layer cannot load LoRA
+    adapters (`lmstack.finetune` imports `lmstack.augment`), so `lmstack.cli` registers this command with
+    `load_llm=lmstack.finetune.load.adapter_llm("rag")`, which puts the grounded-answer adapter on SmolLM2."""
     from lmstack.augment.llm import local_llm
 
-    return local_llm(spec)
+    if adapter not in (None, "auto", "none"):
+        raise ConfigError(f"this `rag ask` cannot load adapters ({adapter}); run it as `lmstack rag ask`")
+    return local_llm(spec), None
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -83,6 +84,8 @@ def _check_ask_args(args: argparse.Namespace) -> None:
         raise ConfigError("the question is empty")
     if (args.questions is None) != (args.out is None):
         raise ConfigError("--questions FILE.jsonl and --out OUT.jsonl go together")
+    if args.searches is not None and args.searches < 0:
+        raise ConfigError(f"--searches must be 0 or more, got {args.searches}")
     for name in ("k", "max_tokens", "batch_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -95,15 +98,18 @@ def _check_ask_args(args: argparse.Namespace) -> None:
         raise ConfigError("--api-model and --api-key go with --base-url URL")
 
 
-def _make_llm(args: argparse.Namespace) -> LLM:
+def _make_llm(args: argparse.Namespace) -> tuple[LLM, str | None]:
+    """The model and the adapter on it (None: a bare model or an endpoint, which gets the plain prompt)."""
     if args.base_url is not None:
         from lmstack.augment.llm import OpenAIClient
 
-        return OpenAIClient(args.base_url, args.api_model, api_key=args.api_key)
-    return args.load_llm(args.model or DEFAULT_MODEL)
+        return OpenAIClient(args.base_url, args.api_model, api_key=args.api_key), None
+    return args.load_llm(args.model or DEFAULT_MODEL, args.adapter)
 
 
 def _print_answer(answer: Answer) -> None:
+    for query in answer.searches:
+        print(f"(searched: {query})")
     print(answer.answer.strip())
     print()
     if answer.citations:
@@ -120,7 +126,7 @@ def _print_answer(answer: Answer) -> None:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     from lmstack.augment.chain import Trace
-    from lmstack.augment.rag.answer import ask_many
+    from lmstack.augment.rag.answer import GROUNDED_INSTRUCTION, SEARCH_INSTRUCTION, ask_many
     from lmstack.augment.rag.index import RagIndex
     from lmstack.data.instruct import read_questions
     from lmstack.fileio import write_jsonl
@@ -133,13 +139,18 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             from lmstack.augment.rag.embed import SentenceEmbedder
 
             embedder = SentenceEmbedder.from_pretrained(args.embedder or index.settings.embedder)
-        llm = _make_llm(args)
+        llm, adapter = _make_llm(args)
+        # the grounded-answer adapter was trained on SEARCH_INSTRUCTION conversations with follow-up searches
+        instruction = SEARCH_INSTRUCTION if adapter else GROUNDED_INSTRUCTION
+        searches = args.searches if args.searches is not None else (3 if adapter else 0)
         trace = Trace() if args.trace else None
         answers, params = [], {"max_tokens": args.max_tokens}
         try:
             for start in range(0, len(rows), args.batch_size):  # one llm.batch call per batch of questions
                 questions = [row["question"] for row in rows[start : start + args.batch_size]]
-                answers += ask_many(questions, index, embedder, llm, args.k, args.mode, trace, **params)
+                answers += ask_many(
+                    questions, index, embedder, llm, args.k, args.mode, trace, instruction, searches, **params
+                )
         finally:
             if trace is not None:
                 trace.save_jsonl(args.trace)
@@ -155,9 +166,22 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_rag_parser(sub: argparse._SubParsersAction, load_llm: Callable[[str], LLM] = load_local_llm) -> None:
-    """`lmstack rag ...`. `load_llm(spec)` gives `rag ask` its local model (see `load_local_llm`): the hook
-    for an adapter-loaded LLM, such as the grounded-answer LoRA."""
+def _cmd_trajectories(args: argparse.Namespace) -> int:
+    from lmstack.augment.rag.embed import SentenceEmbedder
+    from lmstack.augment.rag.trajectories import TrajectoryConfig, make_grounded_data
+
+    cfg = TrajectoryConfig(k=args.k, searches=args.searches, unanswerable=args.unanswerable, seed=args.seed)
+    report = make_grounded_data(args.out, SentenceEmbedder.from_pretrained(), args.n, args.n_val, args.seed, cfg)
+    for split, counts in report["splits"].items():
+        print(f"{args.out}/{split}.jsonl: {counts['written']} conversations ({counts['left_out']} questions left out)")
+    return 0
+
+
+def add_rag_parser(
+    sub: argparse._SubParsersAction, load_llm: Callable[[str, str | None], tuple[LLM, str | None]] = load_local_llm
+) -> None:
+    """`lmstack rag ...`. `load_llm(spec, adapter choice)` gives `rag ask` its local model and the adapter on it
+    (see `load_local_llm`): the hook for the grounded-answer LoRA."""
     p = sub.add_parser("rag", help="retrieval over a folder of documents: ingest, search, ask with citations")
     rag_sub = p.add_subparsers(dest="rag_command", metavar="ACTION")
     rag_sub.required = True
@@ -201,16 +225,40 @@ def add_rag_parser(sub: argparse._SubParsersAction, load_llm: Callable[[str], LL
     )
     ask.add_argument("question", nargs="?", default=None, metavar="QUESTION")
     ask.add_argument("--index", required=True, metavar="PATH", help="index folder built by `lmstack rag ingest`")
-    ask.add_argument("--k", type=int, default=4, help="passages in the prompt")
+    ask.add_argument("--k", type=int, default=3, help="passages per retrieval")
     ask.add_argument("--mode", choices=["hybrid", "bm25", "dense"], default="hybrid")
     ask.add_argument("--embedder", default=None, help="default: the model the index was built with")
     ask.add_argument("--model", default=None, metavar="SPEC", help=f"local model (default {DEFAULT_MODEL})")
     ask.add_argument("--base-url", default=None, metavar="URL", help="an OpenAI-compatible endpoint instead")
     ask.add_argument("--api-model", default=None, metavar="NAME", help="the model name at --base-url")
     ask.add_argument("--api-key", default=None, metavar="KEY", help="bearer token for --base-url")
+    ask.add_argument(
+        "--adapter",
+        default="auto",
+        help="auto (default: the shipped grounded-answer LoRA on the default SmolLM2), none, or a peft adapter dir",
+    )
+    ask.add_argument(
+        "--searches", type=int, default=None, help="follow-up searches the model may ask for (default 3 with the "
+        "adapter, 0 without)",
+    )  # fmt: skip
     ask.add_argument("--max-tokens", type=int, default=128, help="answer length limit in tokens")
     ask.add_argument("--trace", default=None, metavar="FILE.jsonl", help="save every step (prompts included)")
     ask.add_argument("--questions", default=None, metavar="FILE.jsonl", help="batch mode: rows with `question`")
     ask.add_argument("--out", default=None, metavar="OUT.jsonl", help="batch mode: where the answers go")
     ask.add_argument("--batch-size", type=int, default=16, help="batch mode: questions per model batch")
     ask.set_defaults(func=_cmd_ask, load_llm=load_llm)
+    tr = rag_sub.add_parser(
+        "trajectories",
+        help="grounded-answer fine-tuning conversations from the knowledge-base task and real retrieval",
+        description="For the knowledge-base task's train and validation splits: the documents as a folder, an "
+        "index of them, and <split>.jsonl chat conversations (passages, follow-up searches, cited facts, "
+        "'Answer: ...') written from each question's recorded evidence. See lmstack.augment.rag.trajectories.",
+    )
+    tr.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    tr.add_argument("--n", type=int, default=2500, help="training questions")
+    tr.add_argument("--n-val", type=int, default=100, help="validation questions")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--k", type=int, default=3, help="passages per retrieval")
+    tr.add_argument("--searches", type=int, default=3, help="follow-up searches allowed")
+    tr.add_argument("--unanswerable", type=float, default=0.08, help="share of conversations ending in IDK")
+    tr.set_defaults(func=_cmd_trajectories)

@@ -27,15 +27,16 @@ def escape_fences(text: str) -> str:
     return _FENCE_RUN.sub(lambda m: _LOOK_ALIKE[m.group(0)[0]] * len(m.group(0)), text)
 
 
-def format_context(hits: Sequence[Hit], preamble: str = PREAMBLE) -> str:
+def format_context(hits: Sequence[Hit], preamble: str = PREAMBLE, first: int = 1) -> str:
     """The hits as [1], [2], ... each with its file and character offsets, in untrusted-data fences:
 
     <<<passage [1] source="notes/a.md" chars=120-480>>>
     ...text...
     <<<end passage [1]>>>
-    """
+
+    `first` is the number of the first hit: passages added by a follow-up search continue the numbering."""
     blocks = [preamble] if preamble else []
-    for n, hit in enumerate(hits, start=1):
+    for n, hit in enumerate(hits, start=first):
         source = escape_fences(json.dumps(hit.path, ensure_ascii=False))
         blocks.append(
             f"<<<passage [{n}] source={source} chars={hit.start}-{hit.end}>>>\n"
