@@ -7,8 +7,10 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from lmstack.align.cli import add_align_parser
 from lmstack.augment.agent_cli import add_agent_parser
 from lmstack.augment.rag.cli import add_rag_parser
+from lmstack.demo import add_demo_parser
 from lmstack.errors import ConfigError, LMStackError
 
 
@@ -537,16 +539,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
-def _rag_llm(spec: str, choice: str | None):
-    """`rag ask`'s model: the shipped grounded-answer adapter (or `--adapter`) merged into `spec`."""
-    from lmstack.finetune.load import adapter_llm
+def _with_adapter(shipped: str):
+    """`rag ask`'s and `agent`'s model loader: the shipped adapter `shipped` (or `--adapter`) merged into the model
+    (`lmstack.finetune.load.adapter_llm`, imported only when a command runs)."""
 
-    return adapter_llm("rag")(spec, choice)
+    def load(spec: str, choice: str | None, *args):
+        from lmstack.finetune.load import adapter_llm
+
+        return adapter_llm(shipped)(spec, choice, *args)
+
+    return load
 
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_finetune,
+    add_align_parser,
     _add_plot,
     _add_quantize,
     _add_export,
@@ -555,8 +563,9 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_chat,
     _add_pal,
     _add_serve,
-    lambda sub: add_rag_parser(sub, load_llm=_rag_llm),
-    add_agent_parser,
+    lambda sub: add_rag_parser(sub, load_llm=_with_adapter("rag")),
+    lambda sub: add_agent_parser(sub, load_llm=_with_adapter("react")),
+    add_demo_parser,
 ]
 
 

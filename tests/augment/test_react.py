@@ -303,7 +303,7 @@ def test_a_tiny_local_llm_runs_to_a_stop_within_the_budget():
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def no_model(args):
+def no_model(spec, adapter, mode):
     raise AssertionError("the model was loaded before the arguments were checked")
 
 
@@ -312,7 +312,7 @@ def test_agent_cli_parses_and_fails_clearly_before_loading_a_model(tmp_path, mon
     assert (args.question, args.max_steps, args.cot_k, args.retrieval, args.model) == (
         "Who?", 6, 3, "hybrid", "smollm2-135m-instruct"
     )  # fmt: skip
-    monkeypatch.setattr(agent_cli, "load_llm", no_model)
+    monkeypatch.setattr("lmstack.finetune.load.adapter_llm", lambda shipped: no_model)  # what `agent` loads through
     missing = tmp_path / "missing"
     assert main(["agent", "Who?", "--index", str(missing)]) == 2
     assert f"error: no RAG index at {missing}" in capsys.readouterr().err
@@ -334,13 +334,20 @@ def test_agent_cli_batch_and_single_runs(index, tmp_path, monkeypatch, capsys):
         FOUNDER: [" Search.\nAction: search[Quenda Works founder]", " Found.\nAction: finish[Vellport]"],
         "Who founded Quenda Works?": [" Hmm.", " Still unsure."],
     }
-    monkeypatch.setattr(agent_cli, "load_llm", lambda args: ScriptedAgent(scripts, cot=["The answer is Ilsa Maro."]))
+    loaded = []
+
+    def load_llm(spec, adapter, mode):
+        loaded.append((spec, adapter, mode))
+        return ScriptedAgent(scripts, cot=["The answer is Ilsa Maro."]), None  # no adapter: the few-shot prompt
+
+    monkeypatch.setattr("lmstack.finetune.load.adapter_llm", lambda shipped: load_llm)
     questions = tmp_path / "q.jsonl"
     questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(scripts)))
     out, trace = tmp_path / "out.jsonl", tmp_path / "trace.jsonl"
     argv = ["agent", "--index", str(index.path), "--retrieval", "bm25", "--cot-k", "1", "--trace", str(trace)]
     assert main(argv + ["--questions", str(questions), "--out", str(out)]) == 0
-    assert f"2 questions (1 cot_fallback, 1 react) -> {out}" in capsys.readouterr().out
+    assert f"2 questions (1 cot_fallback, 1 react) -> {out} (adapter: none)" in capsys.readouterr().out
+    assert loaded == [("smollm2-135m-instruct", "auto", "fp32")]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["id"], r["answer"], r["answer_source"], r["stopped"]) for r in rows] == [
         ("q0", "Vellport", "react", "finish"),
@@ -353,3 +360,48 @@ def test_agent_cli_batch_and_single_runs(index, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "Action: search[Quenda Works founder]\nObservation: <<<passage [1]" in printed
     assert printed.rstrip().endswith("Answer: Vellport [react]")
+
+
+def test_with_an_adapter_the_agent_sends_the_zero_shot_prompt_it_was_trained_on(index, monkeypatch, capsys):
+    from lmstack.augment.react import EXAMPLES, INSTRUCTION
+
+    llm = ScriptedAgent(
+        {FOUNDER: [" Search.\nAction: search[Quenda Works founder]", " Found.\nAction: finish[Vellport]"]}
+    )
+    monkeypatch.setattr(
+        "lmstack.finetune.load.adapter_llm", lambda shipped: lambda spec, adapter, mode: (llm, "adapters/smollm2-react")
+    )
+    argv = ["agent", FOUNDER, "--index", str(index.path), "--retrieval", "bm25", "--mode", "int8"]
+    assert main(argv) == 0 and capsys.readouterr().out.rstrip().endswith("Answer: Vellport [react]")
+    prompts = [p for inputs, _ in llm.react_calls() for p in inputs]
+    assert len(prompts) == 2 and all(p.startswith(INSTRUCTION + "\n\nQuestion: " + FOUNDER) for p in prompts)
+    assert not any(EXAMPLES[0][:40] in p for p in prompts)
+    few_shot = ScriptedAgent({FOUNDER: [" Done.\nAction: finish[Vellport]"]})
+    monkeypatch.setattr(
+        "lmstack.finetune.load.adapter_llm", lambda shipped: lambda spec, adapter, mode: (few_shot, None)
+    )
+    assert main(argv + ["--adapter", "none"]) == 0
+    assert EXAMPLES[0] in few_shot.react_calls()[0][0][0]
+
+
+def test_the_default_adapter_fails_clearly_while_it_is_not_shipped(index, tmp_path, monkeypatch, capsys):
+    """`--adapter auto` on the default SmolLM2 wants the shipped ReAct LoRA; an install without it stops with the
+    loader's message before any weights load. Without the finetune layer's hook, adapters are refused."""
+    import argparse
+
+    from lmstack.finetune import load as finetune_load
+
+    monkeypatch.setattr("lmstack.finetune.load.ADAPTERS", tmp_path / "no-adapters")
+    monkeypatch.setitem(finetune_load.SHIPPED, "react", "smollm2-react")  # shipped or not yet: the same path
+    monkeypatch.setattr("lmstack.finetune.load.load_pretrained", lambda *a, **k: no_model(*a, None, None))
+    assert main(["agent", FOUNDER, "--index", str(index.path), "--retrieval", "bm25"]) == 2
+    assert "the shipped adapter 'react' is missing from" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    agent_cli.add_agent_parser(parser.add_subparsers(dest="command"))  # the layer's own loader
+    args = parser.parse_args(["agent", FOUNDER, "--index", str(index.path), "--adapter", "some/dir"])
+    with pytest.raises(ConfigError, match="cannot load adapters"):
+        args.load_llm(args.model, args.adapter, args.mode)
+    with pytest.raises(ConfigError, match="--adapter goes onto a local --model"):
+        agent_cli._make_llm(parser.parse_args(
+            ["agent", "Q", "--index", "i", "--base-url", "http://x/v1", "--api-model", "m", "--adapter", "d"]
+        ))  # fmt: skip

@@ -4,33 +4,48 @@ batch mode `--questions FILE.jsonl --out OUT.jsonl`.
 Kept here rather than in `lmstack.cli` (which only registers `add_agent_parser`); the heavy imports happen in
 the handler, and everything that can be wrong with the arguments, the questions file or the index is found
 before a model loads. The model is `--model` (any `load_pretrained` spec) or an OpenAI-compatible server
-(`--base-url URL --api-model NAME`); LoRA adapters are not loaded here (lmstack.finetune imports the augment
-layer): serve the fine-tuned model and point `--base-url` at it, or pass a merged export as `--model`.
+(`--base-url URL --api-model NAME`). This layer cannot load LoRA adapters (`lmstack.finetune` imports it), so
+`lmstack.cli` registers the command with a `load_llm` hook that can: `--adapter auto` puts the shipped ReAct
+adapter (trained on `lmstack rag react-trajectories` data) on the default SmolLM2. With an adapter the agent
+sends the zero-shot prompt it was trained on; without one, the few-shot `react.EXAMPLES`.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from lmstack.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lmstack.augment.llm import LLM
 
 
-def load_llm(args: argparse.Namespace):
-    """The model the agent talks to: an OpenAI-compatible server, or `--model` in-process."""
-    from lmstack.errors import ConfigError
+def load_local_llm(spec: str, adapter: str | None = None, mode: str = "fp32") -> tuple[LLM, str | None]:
+    """The agent's local model without adapters: (`llm.local_llm(spec, mode)`, None). `lmstack.cli` registers
+    the command with a loader of the same shape that merges the ReAct LoRA (`finetune.load.adapter_llm`)."""
+    from lmstack.augment.llm import local_llm
 
+    if adapter not in (None, "auto", "none"):
+        raise ConfigError(f"this `agent` cannot load adapters ({adapter}); run it as `lmstack agent`")
+    return local_llm(spec, mode=mode), None
+
+
+def _make_llm(args: argparse.Namespace) -> tuple[LLM, str | None]:
+    """The model the agent talks to and the adapter on it (None: a bare model or a server, few-shot prompt)."""
     if args.base_url:
         from lmstack.augment.llm import OpenAIClient
 
         if not args.api_model:
             raise ConfigError("--base-url needs --api-model NAME (the model name the server knows)")
-        return OpenAIClient(args.base_url, args.api_model, api_key=args.api_key)
-    from lmstack.augment.llm import local_llm
-
-    return local_llm(args.model, mode=args.mode)
+        if args.adapter not in ("auto", "none"):
+            raise ConfigError("--adapter goes onto a local --model; a server serves its own adapters")
+        return OpenAIClient(args.base_url, args.api_model, api_key=args.api_key), None
+    return args.load_llm(args.model, args.adapter, args.mode)
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
-    from lmstack.errors import ConfigError
-
     if bool(args.question) == bool(args.questions):
         raise ConfigError("give a question, or --questions FILE.jsonl (with --out OUT.jsonl), not both")
     if bool(args.questions) != bool(args.out):
@@ -43,7 +58,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
 
     from lmstack.augment.chain import Trace
     from lmstack.augment.rag.index import RagIndex
-    from lmstack.augment.react import default_tools, run_react_many
+    from lmstack.augment.react import EXAMPLES, default_tools, run_react_many
 
     with RagIndex.open(args.index) as index:  # a missing or foreign index fails here, before a model loads
         embedder = None
@@ -53,7 +68,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             embedder = SentenceEmbedder.from_pretrained(args.embedder or index.settings.embedder)
             index.check_embedder(embedder)
         tools = default_tools(index, embedder, k=args.k, mode=args.retrieval)
-        llm = load_llm(args)
+        llm, adapter = _make_llm(args)
         trace = Trace()
         results = run_react_many(
             [r["question"] for r in rows],
@@ -62,6 +77,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             args.max_steps,
             max_tokens=args.max_tokens,
             seed=args.seed,
+            examples=() if adapter else EXAMPLES,  # the adapter was trained on zero-shot prompts
             cot_k=args.cot_k,
             trace=trace,
         )
@@ -76,13 +92,18 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         for res in results:
             counts[res.answer_source] = counts.get(res.answer_source, 0) + 1
         summary = ", ".join(f"{n} {source}" for source, n in sorted(counts.items()))
-        print(f"{len(results)} questions ({summary}) -> {args.out}")
+        print(f"{len(results)} questions ({summary}) -> {args.out} (adapter: {adapter or 'none'})")
     else:
         print(results[0].format())
     return 0
 
 
-def add_agent_parser(sub: argparse._SubParsersAction) -> None:
+def add_agent_parser(
+    sub: argparse._SubParsersAction,
+    load_llm: Callable[[str, str | None, str], tuple[LLM, str | None]] = load_local_llm,
+) -> None:
+    """`lmstack agent ...`. `load_llm(spec, adapter choice, weight mode)` gives it its local model and the adapter
+    on it (see `load_local_llm`): the hook for the ReAct LoRA."""
     p = sub.add_parser(
         "agent",
         help="answer questions with a ReAct agent (search, lookup, python, finish) over a RAG index",
@@ -98,6 +119,12 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-url", default=None, metavar="URL", help="an OpenAI-compatible server instead of --model")
     p.add_argument("--api-model", default=None, metavar="NAME", help="the model name at --base-url")
     p.add_argument("--api-key", default=None, help="bearer token for --base-url")
+    p.add_argument(
+        "--adapter",
+        default="auto",
+        help="auto (default: the shipped ReAct LoRA on the default SmolLM2, zero-shot prompt), none (the bare "
+        "model with the few-shot prompt), or a peft adapter directory",
+    )
     p.add_argument("--max-steps", type=int, default=6, help="model calls before backing off to CoT")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per step")
     p.add_argument("--seed", type=int, default=None)
@@ -108,4 +135,4 @@ def add_agent_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trace", default=None, metavar="FILE.jsonl", help="save every LLM and tool call")
     p.add_argument("--questions", default=None, metavar="FILE.jsonl", help="batch: one {question} per line")
     p.add_argument("--out", default=None, metavar="OUT.jsonl", help="batch: rows with question, answer, steps")
-    p.set_defaults(func=_cmd_agent)
+    p.set_defaults(func=_cmd_agent, load_llm=load_llm)

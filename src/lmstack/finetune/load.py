@@ -23,7 +23,8 @@ from lmstack.weights.checkpoint import resolve_checkpoint
 from lmstack.weights.load import load_model_for_inference, load_pretrained
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"  # the adapters that ship in the package
-SHIPPED = {"pal": "smollm2-pal", "rag": "smollm2-rag"}  # short name → directory under ADAPTERS (README: recipe)
+# short name → directory under ADAPTERS (README: recipe)
+SHIPPED = {"pal": "smollm2-pal"}  # short name → directory under ADAPTERS (README: recipe, command)
 
 
 def shipped_adapter(name: str) -> Path:
@@ -50,11 +51,11 @@ def resolve_adapter(choice: str | None, model: str, shipped: str) -> Path | None
 
 
 def adapter_llm(shipped: str):
-    """A loader `(model spec, adapter choice) -> (LocalLLM, adapter path or None)` for the commands of the augment
-    layer (`rag ask`, `agent`), which cannot import this layer: the adapter (see `resolve_adapter`) is merged
-    into the weights, so the engine decodes a plain model."""
+    """A loader `(model spec, adapter choice[, weight mode]) -> (LocalLLM, adapter path or None)` for the commands
+    of the augment layer (`rag ask`, `agent`), which cannot import this layer: the adapter (see
+    `resolve_adapter`) is merged into the weights, so the engine decodes a plain model (in `mode`: fp32, int8…)."""
 
-    def load(spec: str, choice: str | None = None):
+    def load(spec: str, choice: str | None = None, mode: str = "fp32"):
         from lmstack.augment.llm import LocalLLM
         from lmstack.generate.engine import Engine
         from lmstack.models.decoder import DecoderLM
@@ -64,7 +65,7 @@ def adapter_llm(shipped: str):
         if not isinstance(model, DecoderLM) or tok is None:
             raise CheckpointError(f"{spec} is not a decoder with a tokenizer; an LLM needs both")
         name = f"{spec}:{shipped}" if adapter else str(spec)
-        return LocalLLM(Engine(model, tok), name), adapter
+        return LocalLLM(Engine(model, tok, mode=mode), name), adapter
 
     return load
 

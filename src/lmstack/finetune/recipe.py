@@ -93,6 +93,7 @@ class FinetuneData:
     seq_len: int = 512  # input positions per row (a sample of n tokens fills n - 1)
     format: Literal["auto", "chat", "plain"] = "auto"
     truncation: Literal["error", "left"] = "error"
+    separator: str = "\n"  # plain rendering: prompt + separator + completion ("" when the prompt ends open)
     pack: bool = False
     temperature: float | None = None  # mixture p_i ∝ n_i^(1/T); None = the weights
 
@@ -241,7 +242,7 @@ def build_job(recipe: FinetuneRecipe, run_dir: Path | None = None, log=print) ->
         raise ConfigError(f"base {recipe.base!r} has no tokenizer; fine-tuning needs one")
     if d.seq_len > model.cfg.max_seq_len:
         raise ConfigError(f"data.seq_len ({d.seq_len}) exceeds the base's context ({model.cfg.max_seq_len})")
-    fmt = InstructFormat(max_len=d.seq_len + 1, format=d.format, truncation=d.truncation)
+    fmt = InstructFormat(max_len=d.seq_len + 1, format=d.format, truncation=d.truncation, separator=d.separator)
     train_sets = {ds.label: load_dataset(ds, tok, fmt) for ds in d.datasets}
     eval_sets, metric_sets = {}, {}
     for i, ds in enumerate(d.datasets):

@@ -1,5 +1,7 @@
-"""`lmstack rag ingest DIR --index PATH`, `lmstack rag search QUERY --index PATH` and
-`lmstack rag ask QUESTION --index PATH` (or `--questions FILE.jsonl --out OUT.jsonl`).
+"""`lmstack rag ingest DIR --index PATH`, `lmstack rag search QUERY --index PATH`,
+`lmstack rag ask QUESTION --index PATH` (or `--questions FILE.jsonl --out OUT.jsonl`), and the fine-tuning data
+`lmstack rag trajectories --out DIR` (for `rag ask`) and `lmstack rag react-trajectories --out DIR` (for the
+ReAct agent, `lmstack agent`: its own parser takes a question, not subcommands).
 
 Kept here rather than in `lmstack.cli` (which only registers `add_rag_parser`); the heavy imports (torch,
 faiss, the model) happen in the handlers, so that `lmstack --help` stays fast.
@@ -177,6 +179,20 @@ def _cmd_trajectories(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_react_trajectories(args: argparse.Namespace) -> int:
+    from lmstack.augment.rag.embed import SentenceEmbedder
+    from lmstack.augment.react_trajectories import ReActTraceConfig, make_react_data
+
+    cfg = ReActTraceConfig(k=args.k, searches=args.searches, max_steps=args.max_steps)
+    report = make_react_data(args.out, SentenceEmbedder.from_pretrained(), args.n, args.n_val, args.seed, cfg)
+    for split, counts in report["splits"].items():
+        print(
+            f"{args.out}/{split}.jsonl: {counts['rows']} steps of {counts['written']} traces "
+            f"({counts['left_out']} questions left out)"
+        )
+    return 0
+
+
 def add_rag_parser(
     sub: argparse._SubParsersAction, load_llm: Callable[[str, str | None], tuple[LLM, str | None]] = load_local_llm
 ) -> None:
@@ -262,3 +278,19 @@ def add_rag_parser(
     tr.add_argument("--searches", type=int, default=3, help="follow-up searches allowed")
     tr.add_argument("--unanswerable", type=float, default=0.08, help="share of conversations ending in IDK")
     tr.set_defaults(func=_cmd_trajectories)
+    rt = rag_sub.add_parser(
+        "react-trajectories",
+        help="ReAct fine-tuning steps (for `lmstack agent`) from the knowledge-base task and the agent's tools",
+        description="For the knowledge-base task's train and validation splits: the documents as a folder, an "
+        "index of them, and <split>.jsonl rows, one per ReAct step (the zero-shot prompt `lmstack agent` sends "
+        "with its adapter, and the step's Thought / Action as the completion), written from each question's "
+        "recorded evidence with the real tools' observations. See lmstack.augment.react_trajectories.",
+    )
+    rt.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    rt.add_argument("--n", type=int, default=2000, help="training questions")
+    rt.add_argument("--n-val", type=int, default=60, help="validation questions")
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--k", type=int, default=3, help="passages per search (as `lmstack agent --k`)")
+    rt.add_argument("--searches", type=int, default=4, help="searches allowed per question")
+    rt.add_argument("--max-steps", type=int, default=6, help="the agent's step budget: longer traces are left out")
+    rt.set_defaults(func=_cmd_react_trajectories)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,26 @@ def write_trajectories(
     return report
 
 
+def kb_indexes(
+    out_dir: str | Path, embedder: Embedder, n: int, n_val: int, seed: int
+) -> Iterator[tuple[str, dict[str, Any], RagIndex]]:
+    """(split, task data, open index) for the knowledge-base train and validation splits (each its own world;
+    a split of count 0 is skipped): the documents written as `<split>/documents` and ingested into
+    `<split>/index`. Shared by the grounded-answer and the ReAct training data."""
+    from lmstack.augment.rag.ingest import ingest
+    from lmstack.data.tasks import generate
+
+    out = Path(out_dir)
+    for split, count in (("train", n), ("validation", n_val)):
+        if count <= 0:
+            continue
+        data = generate("knowledge_base", count, seed=seed, split=split)
+        folder = write_kb_folder(data["documents"], out / split / "documents")
+        ingest(folder, out / split / "index", embedder)
+        with RagIndex.open(out / split / "index", embedder) as index:
+            yield split, data, index
+
+
 def make_grounded_data(
     out_dir: str | Path,
     embedder: Embedder,
@@ -213,20 +233,11 @@ def make_grounded_data(
     """The grounded-answer fine-tuning data: for the knowledge-base train and validation splits (each its own
     world), the documents as a folder, an index of them, and `<split>.jsonl` conversations; `report.json`
     holds the arguments and the counts."""
-    from lmstack.augment.rag.ingest import ingest
-    from lmstack.data.tasks import generate
-
     cfg = cfg or TrajectoryConfig(seed=seed)
     out = Path(out_dir)
     report: dict[str, Any] = {"n": n, "n_val": n_val, "seed": seed, "config": cfg.__dict__ | {}, "splits": {}}
-    for split, count in (("train", n), ("validation", n_val)):
-        if count <= 0:
-            continue
-        data = generate("knowledge_base", count, seed=seed, split=split)
-        folder = write_kb_folder(data["documents"], out / split / "documents")
-        ingest(folder, out / split / "index", embedder)
-        with RagIndex.open(out / split / "index", embedder) as index:
-            made = write_trajectories(data["items"], index, embedder, out / f"{split}.jsonl", cfg)
+    for split, data, index in kb_indexes(out, embedder, n, n_val, seed):
+        made = write_trajectories(data["items"], index, embedder, out / f"{split}.jsonl", cfg)
         report["splits"][split] = made.to_dict() | {"documents": len(data["documents"])}
     write_json(out / "report.json", report)
     return report
@@ -240,6 +251,7 @@ __all__ = [
     "answer_turn",
     "doc_id",
     "holds",
+    "kb_indexes",
     "make_grounded_data",
     "next_query",
     "trajectory",
