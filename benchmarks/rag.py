@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import markdown_table, repo_relative, write_results
+from benchmarks.common import RESULTS, markdown_table, repo_relative, write_results
 from lmstack.augment.rag.answer import (
     GROUNDED_INSTRUCTION,
     SEARCH_INSTRUCTION,
@@ -51,7 +51,10 @@ ROWS = {  # row → (label, uses the adapter, instruction, follow-up searches); 
     "rag_bare": (f"RAG, bare model (hybrid top-{K}, grounded prompt)", False, GROUNDED_INSTRUCTION, 0),
     "rag_adapter_nosearch": ("RAG + grounded-answer adapter, no follow-up search", True, SEARCH_INSTRUCTION, 0),
     "rag_adapter": (f"RAG + grounded-answer adapter, ≤ {SEARCHES} follow-up searches", True, SEARCH_INSTRUCTION, 3),
+    "react_bare": ("ReAct agent, bare model (few-shot; CoT fallback)", False, None, 0),
+    "react_adapter": ("ReAct agent + ReAct adapter (zero-shot; CoT fallback)", True, None, 0),
 }
+REACT_ROWS = ("react_bare", "react_adapter")
 RECALL_AT = (1, 3, 5, 10)
 GOALS = {"closed_book": ("≤", 0.10), "rag": ("≥", 0.80)}
 
@@ -86,6 +89,7 @@ def summarize(rows: list[dict[str, Any]], answers: list[Answer], wall_s: float) 
         by_type.setdefault(r["type"], []).append(ok)
     precision = [p for p in (citation_precision(r, a) for r, a in zip(rows, answers)) if p is not None]
     return {
+        "n": len(rows),
         "accuracy": sum(right) / len(rows),
         "by_type": {t: {"n": len(v), "accuracy": sum(v) / len(v)} for t, v in sorted(by_type.items())},
         "cited": sum(bool(a.citations) for a in answers) / len(rows),
@@ -128,7 +132,25 @@ def retrieval(rows: list[dict[str, Any]], index: RagIndex, embedder: SentenceEmb
     return out
 
 
+def react_answers(row: str, rows: list[dict[str, Any]], index: RagIndex, embedder, llm, batch: int) -> list[Answer]:
+    """The agent as `lmstack agent` runs it (6 steps, k = 3, CoT fallback with 3 samples), its final answer as
+    an `Answer` (no citations: the agent's evidence is its trace)."""
+    from lmstack.augment.react import EXAMPLES, default_tools, run_react_many
+
+    tools = default_tools(index, embedder, k=K)
+    out: list[Answer] = []
+    for start in range(0, len(rows), batch):
+        questions = [r["question"] for r in rows[start : start + batch]]
+        examples = () if row == "react_adapter" else EXAMPLES  # the adapter was trained on zero-shot prompts
+        for q, result in zip(questions, run_react_many(questions, llm, tools, examples=examples)):
+            searches = [s.argument for s in result.steps if s.action == "search"]
+            out.append(Answer(q, result.answer or "", searches=searches))
+    return out
+
+
 def answers_for(row: str, rows: list[dict[str, Any]], index: RagIndex, embedder, llm, batch: int) -> list[Answer]:
+    if row in REACT_ROWS:
+        return react_answers(row, rows, index, embedder, llm, batch)
     _, _, instruction, searches = ROWS[row]
     out: list[Answer] = []
     for start in range(0, len(rows), batch):
@@ -147,7 +169,9 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
     for name, r in data["rows"].items():
         precision = "–" if r["citation_precision"] is None else f"{100 * r['citation_precision']:.0f}%"
         cells = [f"{100 * r['by_type'][t]['accuracy']:.0f}%" if t in r["by_type"] else "–" for t in types]
-        table.append([ROWS[name][0], f"**{100 * r['accuracy']:.1f}%**", *cells, f"{100 * r['cited']:.0f}%",
+        subset = r.get("n", data["questions"]) != data["questions"]
+        label = ROWS[name][0] + (f" — first {r['n']} questions" if subset else "")
+        table.append([label, f"**{100 * r['accuracy']:.1f}%**", *cells, f"{100 * r['cited']:.0f}%",
                       precision, f"{100 * r['idk']:.0f}%", r["wall_s"]])  # fmt: skip
     n = data["questions"]
     counts = ", ".join(f"{t} {c}" for t, c in data["types"].items())
@@ -167,8 +191,8 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
         f"{ing['reingest_s']:.2f} s and embedded {ing['reingest_embedded']} chunks."
     )
     notes += "\n\n" + "\n".join(goal_lines(data))
-    if data.get("adapter"):
-        notes += f"\n\nAdapter: `{data['adapter']}`."
+    for row, adapter in data.get("row_adapters", {}).items():
+        notes += f"\n\n{ROWS[row][0]}: adapter `{adapter}`."
     if data.get("conditions"):
         notes += f" Conditions: {data['conditions']}."
     return md, notes
@@ -195,6 +219,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=120, help="questions (test, n=120, seed 0 = the shipped sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--adapter", default="auto", help="auto (the shipped grounded-answer adapter) or a peft dir")
+    p.add_argument("--react-adapter", default="auto", help="auto (the shipped ReAct adapter) or a peft dir")
+    p.add_argument("--react-n", type=int, default=0, help="ReAct rows: only the first N questions (0: all)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--conditions", default="", help="how the machine was during the run (shown on the page)")
     p.add_argument("--dump", default="", help="also write every answer (row, question, gold, answer, right) here")
@@ -209,6 +235,12 @@ def main() -> None:
     questions = kb["items"]
     embedder = SentenceEmbedder.from_pretrained()
     data: dict[str, Any] = {"split": args.split, "questions": n, "seed": args.seed, "rows": {}}
+    previous = RESULTS / "rag.json"
+    if previous.is_file() and not args.quick and args.split == "test":  # rows run again replace their figures
+        old = json.loads(previous.read_text())
+        if (old.get("questions"), old.get("seed")) == (n, args.seed):
+            data["rows"] = {r: v for r, v in old.get("rows", {}).items() if r in ROWS}
+            data["row_adapters"] = old.get("row_adapters", {})
     data["types"] = dict(sorted(Counter(r["type"] for r in questions).items()))
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_kb_folder(kb["documents"], Path(tmp) / "documents")
@@ -229,25 +261,24 @@ def main() -> None:
             data["retrieval"] = retrieval(questions, index, embedder)
             from lmstack.finetune.load import adapter_llm
 
-            load = adapter_llm("rag")
-            bare, adapted, adapter = None, None, None
+            models: dict[str, Any] = {}  # "bare" / "rag" / "react" → (llm, adapter path or None)
             dumped: list[dict[str, Any]] = []
             for row in rows_wanted:
-                if ROWS[row][1]:
-                    if adapted is None:
-                        adapted, adapter = load("smollm2-135m-instruct", args.adapter)
-                        data["adapter"] = repo_relative(str(adapter)) if adapter else "none"
-                    llm = adapted
-                else:
-                    bare = bare or load("smollm2-135m-instruct", "none")[0]
-                    llm = bare
+                kind = ("react" if row in REACT_ROWS else "rag") if ROWS[row][1] else "bare"
+                if kind not in models:
+                    choice = {"bare": "none", "rag": args.adapter, "react": args.react_adapter}[kind]
+                    models[kind] = adapter_llm("react" if kind == "react" else "rag")("smollm2-135m-instruct", choice)
+                llm, adapter = models[kind]
+                if adapter is not None:
+                    data.setdefault("row_adapters", {})[row] = repo_relative(str(adapter))
+                asked = questions[: args.react_n] if row in REACT_ROWS and args.react_n else questions
                 start = time.perf_counter()
-                answers = answers_for(row, questions, index, embedder, llm, args.batch_size)
-                data["rows"][row] = summarize(questions, answers, time.perf_counter() - start)
+                answers = answers_for(row, asked, index, embedder, llm, args.batch_size)
+                data["rows"][row] = summarize(asked, answers, time.perf_counter() - start)
                 dumped += [
                     {"row": row, "type": q["type"], "question": q["question"], "gold": q["answer"],
                      "answer": a.answer, "searches": a.searches, "right": is_right(q, a.answer)}
-                    for q, a in zip(questions, answers)
+                    for q, a in zip(asked, answers)
                 ]  # fmt: skip
                 print(f"{row}: {100 * data['rows'][row]['accuracy']:.1f}%", flush=True)
     if args.dump:
