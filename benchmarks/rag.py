@@ -193,8 +193,9 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
     notes += "\n\n" + "\n".join(goal_lines(data))
     for row, adapter in data.get("row_adapters", {}).items():
         notes += f"\n\n{ROWS[row][0]}: adapter `{adapter}`."
-    if data.get("conditions"):
-        notes += f" Conditions: {data['conditions']}."
+    conditions = [f"{ROWS[n][0]}: {r['conditions']}" for n, r in data["rows"].items() if r.get("conditions")]
+    if conditions:
+        notes += "\n\nConditions of each row's run (wall times depend on them): " + "; ".join(conditions) + "."
     return md, notes
 
 
@@ -275,6 +276,8 @@ def main() -> None:
                 start = time.perf_counter()
                 answers = answers_for(row, asked, index, embedder, llm, args.batch_size)
                 data["rows"][row] = summarize(asked, answers, time.perf_counter() - start)
+                if args.conditions:
+                    data["rows"][row]["conditions"] = args.conditions
                 dumped += [
                     {"row": row, "type": q["type"], "question": q["question"], "gold": q["answer"],
                      "answer": a.answer, "searches": a.searches, "right": is_right(q, a.answer)}
@@ -283,8 +286,6 @@ def main() -> None:
                 print(f"{row}: {100 * data['rows'][row]['accuracy']:.1f}%", flush=True)
     if args.dump:
         write_jsonl(args.dump, dumped)
-    if args.conditions:
-        data["conditions"] = args.conditions
     table, notes = render(data)
     if args.quick or args.split != "test":
         print(table)

@@ -21,8 +21,9 @@ def test_each_shipped_adapter_is_in_the_package_with_its_recipe(name):
     assert (path / "adapter_model.safetensors").stat().st_size < 8 * 2**20  # a few MB
 
 
-def test_the_pal_adapter_loads_on_smollm2_and_changes_it():
-    tuned, tok = load_finetuned("smollm2", {"pal": shipped_adapter("pal")})
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_each_shipped_adapter_loads_on_smollm2_and_changes_it(name):
+    tuned, tok = load_finetuned("smollm2", {name: shipped_adapter(name)})
     assert len(lora_layers(tuned)) == 30 * 4  # every linear of the 30 blocks (qkv, o, gate|up, down)
     plain, _ = load_finetuned("smollm2")
     ids = torch.tensor([tok.encode("Q: Tom has 3 boxes of 12 pencils. How many pencils?")])
