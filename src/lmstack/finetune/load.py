@@ -24,7 +24,7 @@ from lmstack.weights.load import load_model_for_inference, load_pretrained
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"  # the adapters that ship in the package
 # short name → directory under ADAPTERS (README: recipe)
-SHIPPED = {"pal": "smollm2-pal", "react": "smollm2-react"}  # short name → directory under ADAPTERS (+ README)
+SHIPPED = {"pal": "smollm2-pal", "rag": "smollm2-rag", "react": "smollm2-react"}  # name → directory (+ README)
 
 
 def shipped_adapter(name: str) -> Path:
