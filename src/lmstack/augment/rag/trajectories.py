@@ -118,6 +118,12 @@ class TrajectoryConfig:
     instruction: str = SEARCH_INSTRUCTION
     seed: int = 0
 
+    def __post_init__(self) -> None:  # before any document is embedded
+        if self.k < 1 or self.searches < 0:
+            raise ConfigError(f"need k >= 1 and searches >= 0, got k={self.k}, searches={self.searches}")
+        if not 0.0 <= self.unanswerable < 1.0:
+            raise ConfigError(f"unanswerable must be in [0, 1), got {self.unanswerable}")
+
 
 def trajectory(
     row: dict[str, Any], index: RagIndex, embedder: Embedder | None, cfg: TrajectoryConfig, hide: bool = False
@@ -181,8 +187,6 @@ def write_trajectories(
 ) -> TrajectoryReport:
     """Conversations for `rows` as JSONL (`messages` plus the question's id, type and gold answer), written
     atomically; which rows become unanswerable is drawn from `cfg.seed`."""
-    if not 0.0 <= cfg.unanswerable < 1.0:
-        raise ConfigError(f"unanswerable must be in [0, 1), got {cfg.unanswerable}")
     rng = random.Random(f"trajectories:{cfg.seed}")
     report = TrajectoryReport()
     lines = []
