@@ -12,11 +12,8 @@ import re
 
 import pytest
 
-from augment.rag.rag_helpers import HashEmbedder, tiny_chat_llm_parts
+from augment.rag.rag_helpers import HashEmbedder, small_kb, tiny_chat_llm_parts
 from lmstack.augment.llm import LLMResult
-from lmstack.augment.rag.index import RagIndex
-from lmstack.augment.rag.ingest import ingest
-from lmstack.augment.rag.trajectories import write_kb_folder
 from lmstack.augment.react import EXAMPLES, INSTRUCTION, default_tools, parse_action, run_react_many
 from lmstack.augment.react_trajectories import (
     ReActTraceConfig,
@@ -27,7 +24,6 @@ from lmstack.augment.react_trajectories import (
 )
 from lmstack.cli import main
 from lmstack.data.instruct import InstructFormat, encode_row
-from lmstack.data.tasks import generate
 from lmstack.data.tasks.answers import format_number, normalize_text
 from lmstack.errors import ConfigError
 from lmstack.finetune.recipe import recipe_from_dict
@@ -41,13 +37,9 @@ FACT = re.compile(r"The ([a-z ]+) of (.+?) is (.+?)\.(?= |$)")
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory):
     """A small knowledge-base train split, ingested with the hash embedder, its traces and the agent's tools."""
-    root = tmp_path_factory.mktemp("kb")
-    data = generate("knowledge_base", 60, seed=3, split="train")
-    embedder = HashEmbedder()
-    ingest(write_kb_folder(data["documents"], root / "docs"), root / "index", embedder)
-    with RagIndex.open(root / "index", embedder) as index:
+    with small_kb(tmp_path_factory.mktemp("kb")) as (rows, index, embedder):
         tools = default_tools(index, embedder, k=3)  # exactly as `lmstack agent` builds them
-        traces = [(row, react_trace(row, tools, index, embedder, ReActTraceConfig())) for row in data["items"]]
+        traces = [(row, react_trace(row, tools, index, embedder, ReActTraceConfig())) for row in rows]
         yield traces, tools, index, embedder
 
 

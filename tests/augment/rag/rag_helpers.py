@@ -15,8 +15,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -122,3 +124,19 @@ def tiny_chat_llm_parts(max_seq_len: int = 2048):
     cfg = model_config("llama-tiny", vocab_size=tok.vocab_size, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                        d_ff=96, max_seq_len=max_seq_len)  # fmt: skip
     return DecoderLM(cfg).eval(), tok
+
+
+@contextmanager
+def small_kb(root: Path, n: int = 60, seed: int = 3) -> Iterator[tuple[list[dict], Any, HashEmbedder]]:
+    """A small knowledge-base train split written as a folder under `root` and ingested with the hash embedder:
+    (questions, the open index, the embedder)."""
+    from lmstack.augment.rag.index import RagIndex
+    from lmstack.augment.rag.ingest import ingest
+    from lmstack.augment.rag.trajectories import write_kb_folder
+    from lmstack.data.tasks import generate
+
+    data = generate("knowledge_base", n, seed=seed, split="train")
+    embedder = HashEmbedder()
+    ingest(write_kb_folder(data["documents"], root / "docs"), root / "index", embedder)
+    with RagIndex.open(root / "index", embedder) as index:
+        yield data["items"], index, embedder

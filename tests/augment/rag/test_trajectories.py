@@ -9,21 +9,17 @@ import re
 
 import pytest
 
-from augment.rag.rag_helpers import HashEmbedder
+from augment.rag.rag_helpers import HashEmbedder, small_kb
 from lmstack.augment.rag.answer import SEARCH_INSTRUCTION, grounded_messages, search_query
-from lmstack.augment.rag.index import RagIndex
-from lmstack.augment.rag.ingest import ingest
 from lmstack.augment.rag.retrieve import search
 from lmstack.augment.rag.trajectories import (
     IDK,
     TrajectoryConfig,
     make_grounded_data,
     trajectory,
-    write_kb_folder,
     write_trajectories,
 )
 from lmstack.cli import main
-from lmstack.data.tasks import generate
 from lmstack.data.tasks.answers import normalize_text
 from lmstack.errors import ConfigError
 from lmstack.finetune.recipe import recipe_from_dict
@@ -36,12 +32,8 @@ PASSAGE = re.compile(r"<<<passage \[(\d+)\] [^\n]*>>>\n(.*?)\n<<<end passage \[\
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory):
     """A small knowledge-base train split, ingested with the hash embedder."""
-    root = tmp_path_factory.mktemp("kb")
-    data = generate("knowledge_base", 60, seed=3, split="train")
-    embedder = HashEmbedder()
-    ingest(write_kb_folder(data["documents"], root / "docs"), root / "index", embedder)
-    with RagIndex.open(root / "index", embedder) as index:
-        yield data["items"], index, embedder
+    with small_kb(tmp_path_factory.mktemp("kb")) as kb:
+        yield kb
 
 
 def passages(messages: list[dict]) -> dict[int, str]:
