@@ -432,7 +432,17 @@ def main() -> None:
     p.add_argument("--step-repeats", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "finetune"), help="where training rows run")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 problems, 2 training steps, lora8 only")
+    p.add_argument("--render", action="store_true", help="only redraw the page and plot from the JSON")
     args = p.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / "finetune.json").read_text())
+        table, notes = render(data)
+        if plot_curves(data, RESULTS / "finetune.png"):
+            notes += "\n\n![training and validation loss](finetune.png)"
+        page = RESULTS / "finetune.md"
+        footer = page.read_text().rsplit("\n\nMachine: ", 1)[-1]  # the machine and command of the last run
+        page.write_text(f"# finetune\n\n{table}\n\n{notes}\n\nMachine: {footer}")
+        return
     torch.set_num_threads(min(2, torch.get_num_threads()))
     rows = ["lora8"] if args.quick else [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in ROWS]

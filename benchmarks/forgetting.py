@@ -54,10 +54,14 @@ def make_start_model(directory: Path) -> Path:
     return directory
 
 
-def train_condition(name: str, base: Path, out: Path, quick: bool) -> Path:
+def train_condition(name: str, base: Path, out: Path, steps: int | None, quick: bool) -> Path:
     from lmstack.train.recipe import run_recipe
 
     overrides = [f"base={base}", f"out_dir={out}", "train.progress=false", *CONDITIONS[name]["overrides"]]
+    if steps:  # a shorter (or longer) budget for every condition alike; evaluate and save halfway and at the end
+        half = max(steps // 2, 1)
+        overrides += [f"train.steps={steps}", f"train.warmup_steps={min(10, half)}"]
+        overrides += [f"train.eval_every={half}", f"train.save_every={half}"]
     if CONDITIONS[name].get("mix"):  # B's dataset plus the PAL recipe's, equal weights
         records = yaml.safe_load(RECIPE.read_text())["data"]["datasets"][0]
         pal = yaml.safe_load(PAL_RECIPE.read_text())["data"]["datasets"][0]
@@ -121,9 +125,11 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
         )
     header = ["model", "task A (PAL) acc", "A lost (points)", "task B exact", "B fields right", "step (s)", "train (s)"]
     n = start["score"]["n"] if start else 0
+    steps = {r["run"]["steps"] for r in rows.values() if "run" in r}
+    budget = "/".join(str(s) for s in sorted(steps)) or "its"
     notes = [
         f"Greedy decoding, {n} test problems per task (task suite seed 0, never trained on). Every condition "
-        "starts from the same A model and runs `recipes/finetune_records.yaml` (100 steps of batch 8, AdamW; "
+        f"starts from the same A model and runs `recipes/finetune_records.yaml` ({budget} steps of batch 8, AdamW; "
         "full fine-tuning at lr 5e-5, LoRA at 1e-3) with only the overrides its row names, so B gets half the "
         "examples under the mixture. Task A is scored with the zero-shot prompt the PAL adapter was trained on."
     ]
@@ -147,6 +153,7 @@ def main() -> None:
     p.add_argument("--conditions", default="", help="how the machine was during these runs (shown on the page)")
     p.add_argument("--only", default=",".join(["start", *CONDITIONS]), help="comma-separated rows to (re)run")
     p.add_argument("--n", type=int, default=100, help="test problems per task")
+    p.add_argument("--steps", type=int, default=None, help="training steps per condition (default: the recipe's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "forgetting"), help="where the runs go")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 training steps, 4 problems, nothing written")
@@ -170,7 +177,7 @@ def main() -> None:
         if name == "start":
             record["score"] = score(base, n, args.batch_size)
         else:
-            run_dir = train_condition(name, base, out / name, args.quick)
+            run_dir = train_condition(name, base, out / name, args.steps, args.quick)
             record["run"] = run_metrics(run_dir)
             record["run_dir"] = repo_relative(str(run_dir))
             record["score"] = score(run_dir, n, args.batch_size)
