@@ -336,6 +336,13 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
         "the 4-shot PAL prompt. Model-state memory = parameters + gradients + Adam state, as measured by the "
         "training loop's probe at step 1."
     ]
+    if n:  # the binomial standard error at p = 0.5, the widest: how far apart two rows must be to differ
+        se = 50 / n**0.5
+        notes.append(
+            f"\nSampling error: with {n} problems one accuracy has a standard error of up to {se:.0f} points, and "
+            f"the difference of two rows up to {se * 2**0.5:.0f}; gaps smaller than about twice that are not "
+            "evidence of a difference."
+        )
     step = data.get("step")
     if step:
         notes.append(
