@@ -267,7 +267,7 @@ def plot_curves(data: dict[str, Any], path: Path) -> Path | None:
     curves = {}
     for name, row in data["rows"].items():
         curve = row.get("run", {}).get("curve")
-        metrics = Path(row.get("run_dir", "")) / "metrics.jsonl"
+        metrics = ROOT / row.get("run_dir", "") / "metrics.jsonl"
         if curve is None and "run_dir" in row and metrics.is_file():  # a row recorded before curves were kept
             records = read_metrics(metrics)
             curve = {
@@ -361,6 +361,16 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
     if conditions:
         notes.append("\n**Conditions** (as recorded with each run):\n" + "\n".join(conditions))
     notes.append("\n" + "\n".join(goal_lines(data)))
+    uncurved = [
+        LABELS[r]
+        for r, row in data["rows"].items()
+        if "run" in row and "curve" not in row["run"] and not (ROOT / row["run_dir"] / "metrics.jsonl").is_file()
+    ]
+    if uncurved:
+        notes.append(
+            "\nThe plot below lacks " + "; ".join(uncurved) + ": trained before the curves were kept with the "
+            "results, and their run directories are not on the machine that drew it."
+        )
     return table, "\n".join(notes)
 
 
