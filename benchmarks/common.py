@@ -88,6 +88,15 @@ def write_results(name: str, data: dict[str, Any], table_md: str, notes: str = "
     return path
 
 
+def rewrite_page(name: str, table_md: str, notes: str = "") -> Path:
+    """Redraw docs/results/<name>.md from new table and notes, keeping the machine, commit and command line
+    of the run that measured it (a page re-rendered from its JSON, e.g. after correcting a recorded note)."""
+    page = RESULTS / f"{name}.md"
+    footer = page.read_text().rsplit("\n\nMachine: ", 1)[-1]
+    page.write_text(f"# {name}\n\n{table_md}\n\n{notes}\n\nMachine: {footer}")
+    return page
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import yaml
 
-from benchmarks.common import RESULTS, ROOT, markdown_table, repo_relative, write_results
+from benchmarks.common import RESULTS, ROOT, markdown_table, repo_relative, rewrite_page, write_results
 
 RECIPE = ROOT / "recipes" / "finetune_pal_lora.yaml"
 COT_PROMPT = "Q: {question}\n\nLet's think step by step."
@@ -456,9 +456,7 @@ def main() -> None:
         table, notes = render(data)
         if plot_curves(data, RESULTS / "finetune.png"):
             notes += "\n\n![training and validation loss](finetune.png)"
-        page = RESULTS / "finetune.md"
-        footer = page.read_text().rsplit("\n\nMachine: ", 1)[-1]  # the machine and command of the last run
-        page.write_text(f"# finetune\n\n{table}\n\n{notes}\n\nMachine: {footer}")
+        rewrite_page("finetune", table, notes)
         return
     torch.set_num_threads(min(2, torch.get_num_threads()))
     rows = ["lora8"] if args.quick else [r.strip() for r in args.rows.split(",") if r.strip()]

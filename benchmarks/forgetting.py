@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import yaml
 
-from benchmarks.common import RESULTS, ROOT, markdown_table, repo_relative, write_results
+from benchmarks.common import RESULTS, ROOT, markdown_table, repo_relative, rewrite_page, write_results
 from benchmarks.finetune import RECIPE as PAL_RECIPE
 from benchmarks.finetune import datasets_override, problems, run_metrics
 
@@ -103,6 +103,10 @@ def score(spec: str | Path, n: int, batch_size: int) -> dict[str, Any]:
     return out
 
 
+def previous_path() -> Path:
+    return RESULTS / "forgetting.json"
+
+
 def render(data: dict[str, Any]) -> tuple[str, str]:
     rows, start = data["rows"], data["rows"].get("start")
     table = []
@@ -133,6 +137,11 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
         "full fine-tuning at lr 5e-5, LoRA at 1e-3) with only the overrides its row names, so B gets half the "
         "examples under the mixture. Task A is scored with the zero-shot prompt the PAL adapter was trained on."
     ]
+    if n:
+        notes.append(
+            f"With {n} problems an accuracy's standard error is up to {50 / n**0.5:.0f} points, a difference's "
+            f"up to {50 * (2 / n) ** 0.5:.0f}."
+        )
     if start and "sequential" in rows and "mixture" in rows:
         seq = start["score"]["a_accuracy"] - rows["sequential"]["score"]["a_accuracy"]
         mix = start["score"]["a_accuracy"] - rows["mixture"]["score"]["a_accuracy"]
@@ -141,6 +150,11 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
         notes.append(
             f"\n**Goal** (the mixture at most halves sequential training's loss of task-A accuracy): sequential "
             f"lost {100 * seq:.0f} points, the mixture {100 * mix:.0f} — {verdict}."
+        )
+    if "lora" in rows:
+        notes.append(
+            "\nThe LoRA row leaves the A weights untouched: with its adapter disabled the model is the A model "
+            "(first row); its task-A figure is with the adapter on, as one would serve it for task B."
         )
     conditions = [f"- {LABELS[r]}: {rows[r]['conditions']}" for r in LABELS if rows.get(r, {}).get("conditions")]
     if conditions:
@@ -157,7 +171,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "forgetting"), help="where the runs go")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 training steps, 4 problems, nothing written")
+    p.add_argument("--render", action="store_true", help="only redraw the page from the JSON")
     args = p.parse_args()
+    if args.render:
+        import json
+
+        rewrite_page("forgetting", *render(json.loads(previous_path().read_text())))
+        return
     torch.set_num_threads(min(2, torch.get_num_threads()))
     wanted = [r.strip() for r in args.only.split(",") if r.strip()]
     unknown = [r for r in wanted if r not in LABELS]
@@ -166,7 +186,7 @@ def main() -> None:
     out = Path(args.out)
     base = make_start_model(out / "a_model")
     n = 4 if args.quick else args.n
-    previous = RESULTS / "forgetting.json"
+    previous = previous_path()
     data: dict[str, Any] = {"rows": {}}
     if previous.is_file() and not args.quick:
         import json
