@@ -17,6 +17,7 @@ from lmstack.models.fused import FusedLinear
 from testutil import tiny_config
 
 BF16_EPS = torch.finfo(torch.bfloat16).eps
+FP32_EPS = torch.finfo(torch.float32).eps
 
 
 def llama():
@@ -94,5 +95,9 @@ def test_qlora_trains_adapters_on_a_quantized_base_and_they_transfer_to_the_fp_b
         q_out, fp_out = model(x), fp(x)
         # they differ by the base's quantization only (int8: ~1e-3 of the scale, int4 ~1e-2)
         assert (q_out - fp_out).abs().max() <= (0.02 if mode == "int8" else 0.1) * fp_out.abs().max()
+        # merged vs unmerged fp32 differ by rounding only; bound it by the unmerged model's own fp32 rounding
+        # error (against a float64 copy), which grows with these trained adapters' size, with a 4x margin
+        rounding = (fp_out.double() - copy.deepcopy(fp).double()(x)).abs().max().item()
         merge_lora(fp)
-        torch.testing.assert_close(fp(x), fp_out, rtol=0, atol=1e-6 * max(1.0, fp_out.abs().max().item()))
+        scale = fp_out.abs().max().item()
+        torch.testing.assert_close(fp(x), fp_out, rtol=0, atol=4 * rounding + FP32_EPS * scale)
