@@ -258,7 +258,7 @@ def test_search_and_lookup_return_fenced_passages_with_exact_offsets(tools):
 def test_python_runs_in_the_sandbox_and_hostile_code_is_an_observation(tools):
     python = tools["python"]
     assert python("answer = 6 * 7") == "result: 42"
-    assert python("import os\nos.system('touch /tmp/react-pwned')").startswith("error (policy)")
+    assert python("import os\nos.system('touch react-pwned')").startswith("error (policy)")
     assert re.match(r"error \((timeout|cpu_limit)\)", python("while True:\n    pass"))
     llm = ScriptedAgent({FOUNDER: [
         " Compute.\nAction: python[xs = [1921, 27]\nanswer = sum(xs)]",
