@@ -137,6 +137,18 @@ def test_sharded_save_and_load(tmp_path):
     assert len(read_safetensors_dir(tmp_path / "sharded")) == len(index["weight_map"])
 
 
+def test_saved_config_names_the_weights_dtype(tmp_path):
+    model = DecoderLM(
+        model_config("llama-tiny", vocab_size=101, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=64)
+    ).eval()
+    save_hf(model, tmp_path / "fp32")
+    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["torch_dtype"] == "float32"
+    save_hf(model.to(torch.bfloat16), tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", torch_dtype="auto")
+    assert hf.dtype == torch.bfloat16
+
+
 def test_bad_directories_raise(tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="no such directory"):
         load_hf(tmp_path / "missing")

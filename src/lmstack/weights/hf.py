@@ -546,6 +546,7 @@ def save_hf(
         )
     family_cfg = config_to_hf(model.cfg, mlm_head=getattr(model, "mlm_head", None) is not None)
     tensors = state_dict_to_hf(model)
+    family_cfg["torch_dtype"] = saved_dtype(tensors)
     with atomic_directory(directory) as tmp:
         (tmp / "config.json").write_text(json.dumps(family_cfg, indent=2))
         shards = _plan_shards(tensors, max_shard_bytes)
@@ -563,6 +564,16 @@ def save_hf(
         if tokenizer is not None:
             tokenizer.save(tmp)
     return directory
+
+
+def saved_dtype(tensors: dict[str, torch.Tensor]) -> str:
+    """The `torch_dtype` a config should name: that of most floating-point parameters saved (a bf16 model
+    labelled float32 would make `from_pretrained(torch_dtype="auto")` load it at the wrong precision)."""
+    counts: dict[torch.dtype, int] = {}
+    for t in tensors.values():
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return str(max(counts, key=counts.get)).removeprefix("torch.") if counts else "float32"
 
 
 def _plan_shards(tensors: dict[str, torch.Tensor], max_bytes: int | None) -> list[list[str]]:
