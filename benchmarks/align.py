@@ -1,60 +1,68 @@
-"""Alignment of SmolLM2-135M-Instruct on the task suite's preference pairs (LoRA r=8 on all linear layers
-throughout): a reward model's held-out pair accuracy; DPO's held-out implicit-reward accuracy, log-prob drift
-and gold-oracle win rate against the starting model; and one DPO training step timed against TRL's
-`DPOTrainer` in the same run.
+"""Alignment of SmolLM2-135M-Instruct (LoRA r=8 on all linear layers throughout): on the task suite's preference
+pairs a reward model's held-out pair accuracy, PPO against it with and without its KL leash (proxy and gold
+reward, KL), DPO's held-out implicit-reward accuracy, log-prob drift and gold-oracle win rate; on PAL math word
+problems from the shipped SFT adapter, ReST-EM, ReST and GRPO's test and hard-split accuracy against the
+completions they sampled; one DPO and one GRPO training step timed against TRL's trainers in the same run.
 
     python -m benchmarks.align --parts reward_model       # (a) trains recipes/align_reward_model.yaml, scores it
+    python -m benchmarks.align --parts ppo                # (b) recipes/align_ppo_rm.yaml on (a)'s model, β and 0
+    python -m benchmarks.align --parts rest_em,rest       # (c) recipes/align_rest_em.yaml, align_rest.yaml
+    python -m benchmarks.align --parts grpo               # (d) recipes/align_grpo.yaml, every checkpoint scored
     python -m benchmarks.align --parts dpo                # (e) trains recipes/align_dpo.yaml, scores it
-    python -m benchmarks.align --parts dpo_step           # (f) our DPO step vs TRL's
+    python -m benchmarks.align --parts dpo_step,grpo_step # (f) our DPO and GRPO steps vs TRL's
     python -m benchmarks.align --parts dpo --run dpo=runs/align-dpo     # score a run trained before
-    python -m benchmarks.align --quick                    # smoke run: 2 steps, 4 pairs, nothing written
+    python -m benchmarks.align --quick                    # smoke run: 1-2 steps, 4 pairs / problems, nothing written
+
+Estimated wall times on an otherwise idle 2-core CPU (estimates from the smoke runs' step times, the finetune
+benchmark's measured LoRA step and scoring times and the recipes' sizes; not yet measured): (a) 30 min; (b) 25
+min (two PPO runs of 40 iterations, ~17 s each; + (a)'s training when its run is missing); (c) ReST-EM 65 min
+(3 iterations of 256 samples and a 40-step fine-tune, ~13 min each; 4 policies scored, ~5.5 min each), ReST 50
+min; (d) 65 min (20 iterations of 32 samples, ~100 s each; 5 policies scored); (e) 30 min; (f) DPO step 5 min,
+GRPO step 10 min.
 
 Training is the shipped recipe run by `lmstack.align.recipe.run_align` (resumed when its run directory holds
-a checkpoint, so a finished part rescored costs only its scoring). Every score is on the `preferences` task's
-test split (the recipe's seed), which no recipe trains, validates or selects on. Results accumulate in
-docs/results/align.json (parts run again replace their old figures), so parts can be run one at a time.
-PPO, ReST and GRPO accuracy are to come as further parts (`PARTS`).
+a checkpoint, so a finished part rescored costs only its scoring). The preference parts score the `preferences`
+task's test split (the recipe's seed), which no recipe trains, validates or selects on; the PAL parts score
+`--n` problems of the `math_word` and `math_word_hard` test splits per policy (`benchmarks.finetune`'s scorer),
+choosing their policy without them. The sampling parts are `benchmarks.align_rl`'s, GRPO's step
+`benchmarks.align_grpo_step`'s. Results accumulate in docs/results/align.json (parts run again replace their
+old figures), so parts can be run one at a time; the plots (align_ppo.png, align_rl.png) are drawn from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, ROOT, markdown_table, repo_relative, write_results
+from benchmarks import align_grpo_step, align_rl
+from benchmarks.align_common import (
+    DPO_RECIPE,
+    QUICK,
+    RM_RECIPE,
+    Part,
+    device_of,
+    interleaved_steps,
+    log_for,
+    preference_overrides,
+    recipe_run,
+    step_goal_line,
+    step_row,
+    step_summary,
+    trl_settings,
+    verdict,
+)
+from benchmarks.common import RESULTS, ROOT, markdown_table, write_results
 
-RM_RECIPE = ROOT / "recipes" / "align_reward_model.yaml"
-DPO_RECIPE = ROOT / "recipes" / "align_dpo.yaml"
 RM_GOAL = 0.90  # held-out pair accuracy of the reward model
-STEP_GOAL = 1.0  # TRL's DPO step time / ours
-QUICK = [  # recipe overrides of a smoke run
-    "data.n=16",
-    "data.n_val=4",
-    "train.steps=2",
-    "train.batch_size=2",
-    "train.eval_every=0",
-    "train.eval_batches=1",
-    "train.save_every=0",
-]
-
-
-def log_for(part: str) -> Callable[[str], None]:
-    return lambda m: print(f"  [{part}] {m}", flush=True)
-
+N_PAIRS = 200  # held-out test pairs scored, when --n is not given
 
 # ----------------------------------------------------------------------------- pure helpers (unit-tested)
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 def win_rate(ours: Sequence[float], theirs: Sequence[float]) -> dict[str, Any]:
@@ -109,35 +117,16 @@ def held_out_pairs(recipe: Any, tok: Any, rows: list[tuple[str, dict[str, Any]]]
     return encode_pairs(rows, tok, fmt, task=d.task)
 
 
-def recipe_run(part: str, path: Path, prefix: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """(recipe, record): the recipe run (or resumed) by `run_align` in its run directory, or the run `--run`
-    names, and what its training logged (wall and step times, the recipe's own validation metrics)."""
+def preference_run(part: str, path: Path, prefix: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """(recipe, record): a preference recipe run (or resumed) by `run_align`, or the run `--run` names, and
+    what its training logged (wall and step times, the recipe's own validation metrics, `prefix`/*)."""
     from benchmarks.finetune import run_metrics
-    from lmstack.align.recipe import load_recipe, run_align
     from lmstack.train.metrics import read_metrics
 
-    given = dict(item.split("=", 1) for item in args.run).get(part)
-    out = Path(given) if given else Path(args.out) / ("quick" if args.quick else "") / part
-    recipe = load_recipe(path, [f"out_dir={out}", "train.progress=false", *(QUICK if args.quick else [])])
-    record: dict[str, Any] = {"recipe": repo_relative(str(path)), "run_dir": repo_relative(str(out))}
-    if given is None:
-        start = time.perf_counter()
-        run_align(recipe, log=log_for(part))
-        record["train_wall_s"] = round(time.perf_counter() - start, 1)
-    record["run"] = run_metrics(out)
-    record["recipe_val"] = logged_pair_metrics(read_metrics(out / "metrics.jsonl"), prefix)
+    recipe, record = recipe_run(part, path, args, preference_overrides(args))
+    record["run"] = run_metrics(recipe.run_dir)
+    record["recipe_val"] = logged_pair_metrics(read_metrics(recipe.run_dir / "metrics.jsonl"), prefix)
     return recipe, record
-
-
-def device_of(recipe: Any) -> torch.device:
-    from lmstack.process_group import device_for_rank
-
-    return device_for_rank(recipe.train.device, 0)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------- (a) reward model
@@ -147,10 +136,10 @@ def part_reward_model(args: argparse.Namespace) -> dict[str, Any]:
     from lmstack.align.reward import reward_metrics, score_pairs
     from lmstack.align.rollouts import clean, reward_model_of
 
-    recipe, record = recipe_run("reward_model", RM_RECIPE, "reward", args)
+    recipe, record = preference_run("reward_model", RM_RECIPE, "reward", args)
     start = time.perf_counter()
     rm, tok = reward_model_of(recipe.run_dir, device=str(device_of(recipe)))
-    pairs = held_out_pairs(recipe, tok, held_out_rows(recipe, args.n))
+    pairs = held_out_pairs(recipe, tok, held_out_rows(recipe, args.n or N_PAIRS))
     chosen, rejected = score_pairs(rm, pairs, recipe.rm.metrics_batch_size)
     record["held_out"] = {"split": "test", "n": len(pairs), **clean(reward_metrics(chosen, rejected))}
     record["eval_wall_s"] = round(time.perf_counter() - start, 1)
@@ -179,14 +168,15 @@ def part_dpo(args: argparse.Namespace) -> dict[str, Any]:
     from lmstack.finetune.load import load_finetuned
     from lmstack.finetune.lora import unload_lora
 
-    recipe, record = recipe_run("dpo", DPO_RECIPE, "dpo", args)
+    recipe, record = preference_run("dpo", DPO_RECIPE, "dpo", args)
     if recipe.lora is None:
         raise SystemExit("dpo: this part scores a LoRA run (its reference is the base with the adapter disabled)")
     start, log, device = time.perf_counter(), log_for("dpo"), device_of(recipe)
     policy, tok = load_finetuned(recipe.run_dir)  # the trained adapter on its base, not merged
     policy.to(device)
-    rows = held_out_rows(recipe, max(args.n, args.n_gen))
-    pairs = held_out_pairs(recipe, tok, rows[: args.n])
+    n = args.n or N_PAIRS
+    rows = held_out_rows(recipe, max(n, args.n_gen))
+    pairs = held_out_pairs(recipe, tok, rows[:n])
     bs, beta = recipe.dpo.ref_batch_size, recipe.dpo.beta
     ref = reference_logprobs(policy, pairs, bs)  # adapter disabled: the base, DPO's reference
     now = reference_logprobs(policy, pairs, bs, ref_model=policy)  # the policy as it is: adapter on
@@ -288,19 +278,13 @@ def part_dpo_step(args: argparse.Namespace) -> dict[str, Any]:
     tmp = tempfile.TemporaryDirectory()  # TRL's output_dir (nothing is saved) and our tokenizer in HF's layout
     tok.save(tmp.name)
     targs = TRLConfig(
-        output_dir=tmp.name,
+        **trl_settings(device, tmp.name),
         beta=cfg.beta,
         learning_rate=tc.lr,
         weight_decay=0.0,
         max_grad_norm=tc.grad_clip,
         per_device_train_batch_size=len(pairs),
         max_length=None,
-        gradient_checkpointing=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=device.type == "cpu",
-        report_to="none",
-        save_strategy="no",
     )
     trainer = DPOTrainer(
         model=hf,
@@ -327,20 +311,8 @@ def part_dpo_step(args: argparse.Namespace) -> dict[str, Any]:
         return float(loss)
 
     steps = {"lmstack": our_step, "trl": lambda: trl_step(True), "trl_ref_forward": lambda: trl_step(False)}
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    first: dict[str, float] = {}
-    for i in range(args.step_repeats + 1):
-        for name, fn in steps.items():
-            sync(device)
-            t = time.perf_counter()
-            loss = fn()
-            sync(device)
-            if i:
-                times[name].append(time.perf_counter() - t)
-            else:
-                first[name] = loss
+    med, first = interleaved_steps(steps, args.step_repeats, device)
     tmp.cleanup()
-    med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "pairs": len(pairs),
         "lmstack_widths": [batch["chosen_prompt"].shape[1], batch["chosen_response"].shape[1]],
@@ -350,15 +322,8 @@ def part_dpo_step(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "trl_device": str(trainer.args.device),
         "repeats": args.step_repeats,
-        "first_loss_lmstack": round(first["lmstack"], 6),
-        "first_loss_trl": round(first["trl"], 6),
-        "ref_logp_max_abs_diff": round(float((torch.stack([ref_c, ref_r]) - ours_ref).abs().max()), 5),
-        "lmstack_s": round(med["lmstack"], 3),
-        "trl_s": round(med["trl"], 3),
         "trl_ref_forward_s": round(med["trl_ref_forward"], 3),
-        "speedup": round(med["trl"] / med["lmstack"], 3),
-        "trainable_lmstack": sum(p.numel() for p in ours),
-        "trainable_trl": sum(p.numel() for p in theirs),
+        **step_summary(med, first, ours, theirs, float((torch.stack([ref_c, ref_r]) - ours_ref).abs().max())),
     }
 
 
@@ -385,8 +350,7 @@ def rows_dpo(r: dict[str, Any]) -> list[list[Any]]:
 
 
 def rows_dpo_step(r: dict[str, Any]) -> list[list[Any]]:
-    measured = f"{r['speedup']}× ({r['lmstack_s']} s vs {r['trl_s']} s)"
-    return [["(f) DPO step: TRL's time / ours", measured, "≥ 1.0×", verdict(r["speedup"] >= STEP_GOAL)]]
+    return [step_row("(f) DPO step", r)]
 
 
 def notes_reward_model(r: dict[str, Any]) -> str:
@@ -439,18 +403,12 @@ def notes_dpo_step(r: dict[str, Any]) -> str:
     )
 
 
-@dataclass(frozen=True)
-class Part:
-    label: str
-    run: Callable[[argparse.Namespace], dict[str, Any]]
-    rows: Callable[[dict[str, Any]], list[list[Any]]]
-    notes: Callable[[dict[str, Any]], str]
-
-
-PARTS: dict[str, Part] = {  # further parts (PPO, ReST, GRPO accuracy) go here
+PARTS: dict[str, Part] = {  # in the issue's order; the sampling parts are benchmarks.align_rl's
     "reward_model": Part("(a) reward model", part_reward_model, rows_reward_model, notes_reward_model),
+    **align_rl.PARTS,
     "dpo": Part("(e) DPO", part_dpo, rows_dpo, notes_dpo),
     "dpo_step": Part("(f) DPO step vs TRL", part_dpo_step, rows_dpo_step, notes_dpo_step),
+    **align_grpo_step.PARTS,
 }
 HEADER = ["measurement", "result", "goal", "verdict", "part wall (s)"]
 
@@ -458,21 +416,18 @@ HEADER = ["measurement", "result", "goal", "verdict", "part wall (s)"]
 def goal_lines(parts: dict[str, Any]) -> list[str]:
     """The goals against whatever parts have been run (a goal whose part is missing says so)."""
     out = ["**Against the issue's goals:**"]
-    rm, step = parts.get("reward_model"), parts.get("dpo_step")
+    rm = parts.get("reward_model")
     if rm:
         acc = rm["held_out"]["accuracy"]
         out.append(f"- Reward model, held-out pair accuracy: {acc:.1%} (≥ 90%: {verdict(acc >= RM_GOAL)}).")
     else:
         out.append("- Reward model accuracy (≥ 90%): the reward_model part was not run.")
-    if step:
-        speedup = step["speedup"]
-        out.append(f"- DPO step vs TRL's DPOTrainer: {speedup}× (≥ 1.0×: {verdict(speedup >= STEP_GOAL)}).")
-    else:
-        out.append("- DPO step vs TRL (≥ 1.0×): the dpo_step part was not run.")
+    out += align_rl.goal_lines(parts)
+    out.append(step_goal_line("DPO step", "DPOTrainer", "dpo_step", parts.get("dpo_step")))
+    out.append(step_goal_line("GRPO step", "GRPOTrainer", "grpo_step", parts.get("grpo_step")))
     missing = [PARTS[p].label for p in PARTS if p not in parts]
     if missing:
         out.append("- Not run: " + "; ".join(missing) + ".")
-    out.append("- Not yet in this benchmark: PPO, ReST and GRPO accuracy.")
     return out
 
 
@@ -489,6 +444,7 @@ def render(data: dict[str, Any]) -> tuple[str, str]:
     if conditions:
         notes.append("**Conditions** (as recorded with each part):\n" + "\n".join(conditions))
     notes.append("\n".join(goal_lines(parts)))
+    notes += align_rl.figure_lines(parts)
     return markdown_table(HEADER, table), "\n\n".join(notes)
 
 
@@ -497,13 +453,17 @@ def main() -> None:
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)}")
     p.add_argument("--run", action="append", default=[], help="PART=RUN_DIR: score a run trained before")
     p.add_argument("--conditions", default="", help="how the machine was during these parts (shown on the page)")
-    p.add_argument("--n", type=int, default=200, help="held-out test pairs scored")
+    p.add_argument(
+        "--n", type=int, help=f"held-out test pairs ({N_PAIRS}) or PAL problems per split ({align_rl.N_PROBLEMS})"
+    )
     p.add_argument("--n-gen", type=int, default=100, help="held-out test prompts generated for the win rate")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generation call")
     p.add_argument("--step-repeats", type=int, default=5)
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "align"), help="where the training runs go")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 4 pairs and prompts, nothing written")
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: 1-2 steps or iterations, 4 pairs / problems, nothing written"
+    )
     args = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if args.quick:
@@ -516,6 +476,7 @@ def main() -> None:
     data: dict[str, Any] = {"parts": {}}
     if previous.is_file() and not args.quick:
         data["parts"] = json.loads(previous.read_text()).get("parts", {})
+    args.previous = data["parts"]  # what parts recorded before (the PAL parts share their SFT baseline)
     for name in wanted:
         start = time.perf_counter()
         record = PARTS[name].run(args)
@@ -524,6 +485,7 @@ def main() -> None:
             record["conditions"] = args.conditions
         data["parts"][name] = record
         if not args.quick:  # after every part, so a long run that stops keeps what it measured
+            align_rl.draw_plots(data["parts"], RESULTS)
             write_results("align", data, *render(data))
     table, notes = render(data)
     print(table)

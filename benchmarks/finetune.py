@@ -127,21 +127,30 @@ def train_row(row: str, out: Path, quick: bool) -> Path:
 def score(row: str, run_dir: Path | None, n: int, batch_size: int, adapter: Path | None = None) -> dict[str, Any]:
     """Accuracy on the test and hard splits (greedy, k=1), and the wall time of scoring. `adapter`: a peft
     adapter directory to score on the base instead of the run's own checkpoint (e.g. the shipped copy)."""
-    from lmstack.augment.pal import EXAMPLES, FINETUNED_PROMPT, INSTRUCTION, engine_generate_many, evaluate
-    from lmstack.data.tasks.answers import extract_answer, is_correct
     from lmstack.finetune.load import load_finetuned
-    from lmstack.finetune.prompt_tuning import PromptTuned, generate_with_prompt
-    from lmstack.generate.engine import Engine
-    from lmstack.generate.sampling import GenerationConfig
 
     if adapter is not None:
         model, tok = load_finetuned("smollm2", {row: adapter}, merge=True)
     else:
         model, tok = load_finetuned(run_dir if run_dir is not None else "smollm2", merge=True)
+    return score_model(row, model, tok, n, batch_size, cot=bool(ROWS[row].get("cot")), few_shot=row == "base")
+
+
+def score_model(
+    label: str, model: Any, tok: Any, n: int, batch_size: int, *, cot: bool = False, few_shot: bool = False
+) -> dict[str, Any]:
+    """`score` of a loaded model (any PAL policy: a fine-tuned row, an alignment run's iteration): the zero-shot
+    prompt it was trained on with the chat template, or with `few_shot` the bare model's 4-shot PAL prompt;
+    with `cot`, the answer read from a CoT rationale instead of a program's value."""
+    from lmstack.augment.pal import EXAMPLES, FINETUNED_PROMPT, INSTRUCTION, engine_generate_many, evaluate
+    from lmstack.data.tasks.answers import extract_answer, is_correct
+    from lmstack.finetune.prompt_tuning import PromptTuned, generate_with_prompt
+    from lmstack.generate.engine import Engine
+    from lmstack.generate.sampling import GenerationConfig
+
     prompt_tuned = isinstance(model, PromptTuned)
     engine = Engine(model.base if prompt_tuned else model, tok, mode="fp32")
-    cot = bool(ROWS[row].get("cot"))
-    config = GenerationConfig(max_new_tokens=320 if cot else 256 if row == "base" else 224)
+    config = GenerationConfig(max_new_tokens=320 if cot else 256 if few_shot else 224)
     out: dict[str, Any] = {}
     for task in ("math_word", "math_word_hard"):
         items = problems(task, n)
@@ -166,11 +175,11 @@ def score(row: str, run_dir: Path | None, n: int, batch_size: int, adapter: Path
                         texts += [c.text for c in done]
                     return [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
             else:
-                generate_many = engine_generate_many(engine, config, chat=row != "base", batch_size=batch_size)
-            style = {"examples": EXAMPLES, "instruction": INSTRUCTION} if row == "base" else FINETUNED_PROMPT
+                generate_many = engine_generate_many(engine, config, chat=not few_shot, batch_size=batch_size)
+            style = {"examples": EXAMPLES, "instruction": INSTRUCTION} if few_shot else FINETUNED_PROMPT
             report = evaluate([(i["question"], i["answer"]) for i in items], generate_many, **style)
         out[task] = {**report, "wall_s": round(time.perf_counter() - start, 1)}
-        print(f"  [{row}] {task}: {report['accuracy']:.1%} of {len(items)} ({out[task]['wall_s']} s)", flush=True)
+        print(f"  [{label}] {task}: {report['accuracy']:.1%} of {len(items)} ({out[task]['wall_s']} s)", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     out["params"] = n_params
     return out

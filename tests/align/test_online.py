@@ -121,12 +121,26 @@ def test_every_copy_chunk_and_iteration_samples_with_its_own_seed(base):
 def test_ppo_on_a_learned_reward_model(tmp_path, base):
     rm = write_recipe(tmp_path / "rm", "reward_model", base, train={"steps": 2, "eval_every": 0})
     assert main(["align", str(rm)]) == 0
-    path = write_recipe(tmp_path, "ppo", base, reward={"name": "reward_model", "model": str(tmp_path / "rm" / "run")},
-                        rl={"iterations": 2})  # fmt: skip
+    path = write_recipe(tmp_path, "ppo", base, reward={"name": "reward_model", "model": str(tmp_path / "rm" / "run"),
+                        "gold": "oracle"}, rl={"iterations": 2})  # fmt: skip
     assert main(["align", str(path)]) == 0
     rows = iterations(tmp_path / "run")
     assert len(rows) == 2 and all(r["reward/errors"] == 0 and r["reward/failed_frac"] == 0 for r in rows)
     assert all(r["reward_std"] > 0 for r in rows)  # a learned score, not a constant
+    # the gold judge scores the same samples beside the proxy: the oracle's 0 … 1.5, its own failure counters
+    assert all(0 <= r["gold_reward"] <= 1.5 and r["gold/calls"] == 8 and r["gold/failed_frac"] == 0 for r in rows)
+
+
+def test_a_gold_reward_is_logged_for_the_samples_the_trained_reward_scored(tmp_path, base):
+    path = write_recipe(tmp_path, "grpo", base, reward={"name": "oracle", "gold": "oracle"}, rl={"iterations": 2})
+    assert main(["align", str(path)]) == 0
+    rows = iterations(tmp_path / "run")
+    assert [r["gold_reward"] for r in rows] == pytest.approx([r["reward"] for r in rows])  # the same judge
+    plain = write_recipe(tmp_path / "plain", "grpo", base, reward={"name": "oracle"}, rl={"iterations": 2})
+    assert main(["align", str(plain)]) == 0
+    other = iterations(tmp_path / "plain" / "run")
+    assert not any("gold_reward" in r for r in other)
+    assert without_timings(other) == without_timings([{k: v for k, v in r.items() if "gold" not in k} for r in rows])
 
 
 def test_the_init_adapter_is_merged_into_the_reference(tmp_path, base):

@@ -167,10 +167,15 @@ def test_an_iteration_that_selects_nothing_keeps_the_previous_policy(tmp_path, b
 # ----------------------------------------------------------------------------- recipes
 
 
-def test_the_shipped_recipes_parse_and_start_from_the_pal_prompt_and_adapter():
+def test_the_shipped_recipes_parse_and_start_from_the_pal_prompt_and_adapter(tmp_path):
     question = "A shop sells 3 pens at $2 each. How much do they cost?"
     methods = {}
     for path in sorted((ROOT / "recipes").glob("align_*.yaml")):
+        if path.stem == "align_ppo_rm":  # PPO against a reward model, which has to be trained first
+            recipe = load_recipe(path, [f"reward.model={tmp_path}"])
+            assert recipe.method == "ppo" and recipe.prompts.task == "preferences" and not recipe.init_adapter
+            assert (recipe.reward.name, recipe.reward.gold) == ("reward_model", "oracle")
+            continue
         recipe = load_recipe(path)
         methods[recipe.method] = recipe
         assert path.stem == f"align_{recipe.method}"
@@ -200,6 +205,9 @@ def test_malformed_recipes_name_the_key_before_any_model_loads(tmp_path, capsys)
         ({"reward": {"name": ""}}, r"reward\.name: required"),
         ({"reward": {"name": "no_such_module:fn"}}, r"reward\.name: reward 'no_such_module:fn': cannot import"),
         ({"reward": {"name": "reward_model"}}, r"reward\.model: the reward model's run"),
+        ({"reward": {"name": "oracle", "gold": "nope"}}, r"reward\.gold: unknown reward 'nope'"),
+        ({"reward": {"name": "oracle", "gold": "reward_model"}}, r"reward\.gold: a gold reward is a fixed judge"),
+        ({"method": "rest_em", "grpo": DROP, "reward": {"name": "oracle", "gold": "oracle"}}, "gold: method rest_em"),
         ({"lora": None}, "lora: method grpo trains a LoRA adapter"),
         ({"rl": {"temperature": 0.7}}, r"rl\.temperature: grpo samples at temperature 1"),
         ({"rl": {"kl_coef": 0.1}}, r"rl\.kl_coef: method grpo does not use it \(its KL weight is grpo\.beta\)"),
@@ -220,6 +228,8 @@ def test_malformed_recipes_name_the_key_before_any_model_loads(tmp_path, capsys)
     assert "prompts.template: '{nope}' cannot be filled from preferences/train#0" in capsys.readouterr().err
     assert main(["align", str(path), "prompts.task=math_word", "reward.name=oracle"]) == 2
     assert "reward.name: oracle scores against the row's 'constraint'; math_word/train#0" in capsys.readouterr().err
+    assert main(["align", str(path), "prompts.task=math_word", "reward.name=execution", "reward.gold=oracle"]) == 2
+    assert "reward.gold: oracle scores against the row's 'constraint'; math_word/train#0" in capsys.readouterr().err
     assert main(["align", str(path), "kind=finetune"]) == 2
     assert "kind: 'finetune' is not allowed" in capsys.readouterr().err
     bad_rows = tmp_path / "bad.jsonl"

@@ -10,7 +10,8 @@ refreshed. The policy stays in eval mode throughout (no dropout: the first minib
 Every iteration writes one `metrics.jsonl` record (step = iteration): reward, KL to the reference (mean
 per-sequence k1, before the update), the entropy (exact from the logits with ppo.entropy_coef, else the
 sampled tokens' mean -log p), clip fraction, value error (PPO), skipped minibatches/groups, reward failures,
-and, every `eval_every` iterations, greedy validation accuracy (`val_accuracy`, `val_reward`; also at 0).
+with `reward.gold` the mean gold reward of the same samples (`gold_reward`, its failures as `gold/*`), and,
+every `eval_every` iterations, greedy validation accuracy (`val_accuracy`, `val_reward`; also at 0).
 
 Checkpoints (`RUN/step-XXXXXXXX`, XXXXXXXX = the iteration, written atomically by `save_checkpoint`) hold the
 adapter (and PPO's value head) in model.safetensors, the adapter again in peft's layout with finetune.json,
@@ -73,7 +74,7 @@ KeyFilter = Callable[[str], bool]
 class OnlineRun:
     """What an online run trains and where (`align.recipe` builds it). `policy` has its LoRA adapter applied
     and sits on its device; `base` is its base's `load_pretrained` spec and `recipe` the recipe as a dict,
-    both recorded in the checkpoints' finetune.json."""
+    both recorded in the checkpoints' finetune.json. `gold`: a reward scored on every rollout and only logged."""
 
     policy: DecoderLM
     tokenizer: Tokenizer
@@ -85,6 +86,7 @@ class OnlineRun:
     run_dir: Path
     base: str
     recipe: dict[str, Any]
+    gold: GuardedReward | None = None
 
 
 def keep_key(name: str) -> bool:
@@ -215,9 +217,14 @@ def train_online(run: OnlineRun, log: Callable[[str], None] = print) -> dict[str
             prompts = [list(p) for p, g in zip(batch.ids, groups) for _ in g]
             rows = [r for r, g in zip(batch.rows, groups) for _ in g]
             completions = [c for g in groups for c in g]
+            texts = [c.text for c in completions]
             run.reward.stats = RewardStats()
-            scores = score_batch(run.reward, [c.text for c in completions], rows)
+            scores = score_batch(run.reward, texts, rows)
             record: dict[str, Any] = {"step": it, **run.reward.stats.metrics()}
+            if run.gold is not None:  # before the update: the gold worth of the samples the proxy scored
+                run.gold.stats = RewardStats()
+                gold = score_batch(run.gold, texts, rows)
+                record |= {"gold_reward": sum(gold) / len(gold), **run.gold.stats.metrics("gold/")}
             t1 = time.perf_counter()
             record |= update(run, value_head, optimizer, kl, prompts, completions, scores, sampling, it)
             record["reward_std"] = float(torch.tensor(scores).std()) if len(scores) > 1 else 0.0

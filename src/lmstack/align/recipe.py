@@ -8,6 +8,7 @@
     lora: {r: 8, alpha: 16, targets: all-linear}     # null: full fine-tuning (reward_model, dpo, rest*)
     prompts: {task: math_word, n: 2000, n_val: 32, template: "Q: {question}\\n\\n# solution in Python:\\n\\n"}
     reward: {name: execution}        # execution | oracle | reward_model (+ model: RUN) | package.module:fn
+                                     # (+ gold: oracle — ppo/grpo log a never-trained judge's gold_reward)
     rl: {iterations: 30, prompts_per_iteration: 4, max_new_tokens: 160, lr: 2e-5, eval_every: 10}
     grpo: {group_size: 4, beta: 0.04}
 
@@ -55,6 +56,7 @@ from lmstack.align.rollouts import (
     PromptSet,
     RewardSpec,
     RLConfig,
+    build_gold,
     build_reward,
     check_reward,
     check_reward_rows,
@@ -179,6 +181,8 @@ def check_recipe(recipe: AlignRecipe, data: dict[str, Any]) -> None:
     p = recipe.prompts
     _check_source("prompts", p.path, p.task, p.val_path, "prompt rows")
     check_reward(recipe.reward)
+    if recipe.reward.gold and m not in ("ppo", "grpo"):
+        raise ConfigError(f"reward.gold: method {m} logs no gold reward (ppo and grpo score their rollouts with it)")
     rl = recipe.rl
     if m in ("ppo", "grpo"):
         if recipe.lora is None:
@@ -285,7 +289,17 @@ def run_sampling(recipe: AlignRecipe, start: str, log: Callable[[str], None]) ->
     apply_lora(model, recipe.lora)
     algo = recipe.ppo if recipe.method == "ppo" else recipe.grpo
     online = OnlineRun(
-        model.to(device), tok, train, val, reward, recipe.rl, algo, recipe.run_dir, start, to_dict(recipe)
+        model.to(device),
+        tok,
+        train,
+        val,
+        reward,
+        recipe.rl,
+        algo,
+        recipe.run_dir,
+        start,
+        to_dict(recipe),
+        build_gold(recipe.reward),
     )
     return train_online(online, log)
 

@@ -96,10 +96,14 @@ class RewardSpec:
     """`name`: execution | oracle | reward_model | package.module:function (see `align.rewards`). With
     `reward_model`, `model` is a reward-model run (`method: reward_model`) or export, `base` the base of a LoRA
     reward model (default: the one its adapter names) and `format` how it rendered its rows. `timeout_s` and
-    `max_hung` are `GuardedReward`'s; `batch_size` rows per reward-model forward."""
+    `max_hung` are `GuardedReward`'s; `batch_size` rows per reward-model forward. `gold` (PPO, GRPO): a second
+    reward (a built-in's name or package.module:function), never trained on, scored on every rollout and logged
+    as `gold_reward`: what the samples are worth to the judge a learned reward stands in for (the preference
+    task's `oracle`), so that over-optimising the proxy shows as the gold reward falling while it rises."""
 
     name: str = ""
     model: str = ""
+    gold: str = ""
     base: str = ""
     format: Literal["auto", "chat", "plain"] = "auto"
     timeout_s: float | None = 30.0
@@ -246,10 +250,11 @@ def prompt_rows(data: PromptData, val: bool = False) -> list[tuple[str, dict[str
 def check_reward_rows(spec: RewardSpec, rows: Sequence[tuple[str, dict[str, Any]]]) -> None:
     """The fields the built-in rewards score against must be in every prompt row (ConfigError, not a run
     of zeros: `GuardedReward` lets misconfigurations through, but only once the first batch is scored)."""
-    for field in ROW_FIELDS.get(spec.name, ()):
-        missing = next((origin for origin, row in rows if field not in row), None)
-        if missing is not None:
-            raise ConfigError(f"reward.name: {spec.name} scores against the row's {field!r}; {missing} has none")
+    for key, name in (("reward.name", spec.name), ("reward.gold", spec.gold)):
+        for field in ROW_FIELDS.get(name, ()):
+            missing = next((origin for origin, row in rows if field not in row), None)
+            if missing is not None:
+                raise ConfigError(f"{key}: {name} scores against the row's {field!r}; {missing} has none")
 
 
 def encode_prompts(
@@ -319,22 +324,32 @@ def learned_reward(spec: RewardSpec, device: torch.device) -> Reward:
 
 
 def check_reward(spec: RewardSpec) -> None:
-    """ConfigError (naming the key) for a reward that cannot be built, before any model loads."""
+    """ConfigError (naming the key) for a reward (or gold reward) that cannot be built, before any model loads."""
     if not spec.name:
         raise ConfigError(f"reward.name: required; one of {', '.join([*BUILTIN, 'reward_model'])} or package.module:fn")
-    if spec.name == "reward_model":
-        if not spec.model or not Path(spec.model).exists():
-            raise ConfigError(f"reward.model: the reward model's run or export directory is required ({spec.model!r})")
-        return
-    try:
-        load_reward(spec.name)
-    except ConfigError as exc:
-        raise ConfigError(f"reward.name: {exc}") from exc
+    if spec.name == "reward_model" and (not spec.model or not Path(spec.model).exists()):
+        raise ConfigError(f"reward.model: the reward model's run or export directory is required ({spec.model!r})")
+    if spec.gold == "reward_model":
+        raise ConfigError(
+            "reward.gold: a gold reward is a fixed judge (oracle, package.module:fn), not a learned model"
+        )
+    for key, name in (("reward.name", spec.name), ("reward.gold", spec.gold)):
+        if name and name != "reward_model":
+            try:
+                load_reward(name)
+            except ConfigError as exc:
+                raise ConfigError(f"{key}: {exc}") from exc
 
 
 def build_reward(spec: RewardSpec, device: torch.device) -> GuardedReward:
     reward = learned_reward(spec, device) if spec.name == "reward_model" else load_reward(spec.name)
     return GuardedReward(reward, spec.timeout_s, max_hung=spec.max_hung)
+
+
+def build_gold(spec: RewardSpec) -> GuardedReward | None:
+    """The guarded gold reward of `reward.gold` (None without one): guarded like the trained reward, so that
+    a sample the judge cannot score costs its own gold score, not the run."""
+    return GuardedReward(load_reward(spec.gold), spec.timeout_s, max_hung=spec.max_hung) if spec.gold else None
 
 
 # ----------------------------------------------------------------------------- sampling and validation
