@@ -132,6 +132,26 @@ def preference_run(part: str, path: Path, prefix: str, args: argparse.Namespace)
 # ----------------------------------------------------------------------------- (a) reward model
 
 
+def pair_kind(row: dict[str, Any]) -> str:
+    """What decides a preference pair: `answer` (one response has the right number, the other not) or
+    `constraint` (both equally right; only the style constraint tells them apart), from the oracle's scores
+    (1.0 for the answer + 0.5 for the constraint)."""
+    return "answer" if (row["chosen_score"] >= 1) != (row["rejected_score"] >= 1) else "constraint"
+
+
+def accuracy_by_kind(rows: Sequence[dict[str, Any]], chosen: Sequence[float], rejected: Sequence[float]) -> dict:
+    """Held-out pair accuracy split by `pair_kind`, and the accuracy of a judge that checks the constraint
+    perfectly and guesses the answer (a coin flip when the constraint does not separate the pair): what a
+    reward model reaches without verifying any arithmetic."""
+    out: dict[str, Any] = {}
+    for kind in ("answer", "constraint"):
+        hits = [c > r for row, c, r in zip(rows, chosen, rejected) if pair_kind(row) == kind]
+        out[kind] = {"n": len(hits), "accuracy": sum(hits) / len(hits) if hits else None}
+    sat = [(row["chosen_score"] % 1 == 0.5, row["rejected_score"] % 1 == 0.5) for row in rows]
+    out["constraint_only_judge"] = sum(1.0 if a and not b else 0.0 if b and not a else 0.5 for a, b in sat) / len(sat)
+    return out
+
+
 def part_reward_model(args: argparse.Namespace) -> dict[str, Any]:
     from lmstack.align.reward import reward_metrics, score_pairs
     from lmstack.align.rollouts import clean, reward_model_of
@@ -139,9 +159,11 @@ def part_reward_model(args: argparse.Namespace) -> dict[str, Any]:
     recipe, record = preference_run("reward_model", RM_RECIPE, "reward", args)
     start = time.perf_counter()
     rm, tok = reward_model_of(recipe.run_dir, device=str(device_of(recipe)))
-    pairs = held_out_pairs(recipe, tok, held_out_rows(recipe, args.n or N_PAIRS))
+    rows = held_out_rows(recipe, args.n or N_PAIRS)
+    pairs = held_out_pairs(recipe, tok, rows)
     chosen, rejected = score_pairs(rm, pairs, recipe.rm.metrics_batch_size)
     record["held_out"] = {"split": "test", "n": len(pairs), **clean(reward_metrics(chosen, rejected))}
+    record["by_kind"] = accuracy_by_kind([row for _, row in rows], chosen.tolist(), rejected.tolist())
     record["eval_wall_s"] = round(time.perf_counter() - start, 1)
     log_for("reward_model")(f"held-out pair accuracy {record['held_out']['accuracy']:.1%} of {len(pairs)}")
     return record
@@ -367,7 +389,19 @@ def notes_reward_model(r: dict[str, Any]) -> str:
         f"{r['run'].get('steps')} steps, {r['run'].get('train_wall_s')} s of training), scored on "
         f"{r['held_out']['n']} pairs of the `preferences` test split: a pair counts when the chosen response's "
         f"reward is strictly above the rejected one's. Mean rewards: chosen {r['held_out']['chosen']:+.2f}, "
-        f"rejected {r['held_out']['rejected']:+.2f}.{logged}"
+        f"rejected {r['held_out']['rejected']:+.2f}.{logged}{kinds_note(r.get('by_kind'))}"
+    )
+
+
+def kinds_note(k: dict[str, Any] | None) -> str:
+    if not k:
+        return ""
+    a, c = k["answer"], k["constraint"]
+    return (
+        f" By what decides the pair: the answer ({a['n']} pairs, one response has the right number) "
+        f"{a['accuracy']:.0%}, the style constraint only ({c['n']} pairs) {c['accuracy']:.0%}. A judge that "
+        f"checks the constraint perfectly and guesses the answer would score {k['constraint_only_judge']:.1%} "
+        "on these pairs: above that, a reward model must verify the arithmetic of the response."
     )
 
 

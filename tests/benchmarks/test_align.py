@@ -3,6 +3,7 @@ from benchmarks.align import (
     DPO_RECIPE,
     QUICK,
     RM_RECIPE,
+    accuracy_by_kind,
     goal_lines,
     held_out_rows,
     logged_pair_metrics,
@@ -346,3 +347,17 @@ def test_the_ppo_recipe_scores_with_the_reward_model_and_logs_the_oracle(tmp_pat
     recipe = load_recipe(PPO_RECIPE, [f"reward.model={tmp_path}", "out_dir=unused", *QUICK_RL["ppo"]])
     assert (recipe.reward.name, recipe.reward.gold, recipe.prompts.task) == ("reward_model", "oracle", "preferences")
     assert recipe.rl.kl_coef > 0 and recipe.rl.iterations == 2
+
+
+def test_reward_model_accuracy_is_split_by_what_decides_the_pair() -> None:
+    rows = [
+        {"chosen_score": 1.5, "rejected_score": 0.5},  # the answer decides (both satisfy the constraint)
+        {"chosen_score": 1.0, "rejected_score": 0.5},  # the answer decides, the constraint points the other way
+        {"chosen_score": 1.5, "rejected_score": 1.0},  # the constraint decides
+        {"chosen_score": 0.5, "rejected_score": 0.0},  # the constraint decides
+    ]
+    out = accuracy_by_kind(rows, [2.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0])
+    assert out["answer"] == {"n": 2, "accuracy": 0.5}
+    assert out["constraint"] == {"n": 2, "accuracy": 0.5}
+    # a constraint checker that guesses answers: 0.5 + 0 + 1 + 1
+    assert out["constraint_only_judge"] == 2.5 / 4
