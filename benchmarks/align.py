@@ -12,6 +12,7 @@ completions they sampled; one DPO and one GRPO training step timed against TRL's
     python -m benchmarks.align --parts dpo_step,grpo_step # (f) our DPO and GRPO steps vs TRL's
     python -m benchmarks.align --parts dpo --run dpo=runs/align-dpo     # score a run trained before
     python -m benchmarks.align --quick                    # smoke run: 1-2 steps, 4 pairs / problems, nothing written
+    python -m benchmarks.align --render                   # redraw the page and plots from docs/results/align.json
 
 Estimated wall times on an otherwise idle 2-core CPU (estimates from the smoke runs' step times, the finetune
 benchmark's measured LoRA step and scoring times and the recipes' sizes; not yet measured): (a) 30 min; (b) 25
@@ -57,7 +58,7 @@ from benchmarks.align_common import (
     trl_settings,
     verdict,
 )
-from benchmarks.common import RESULTS, ROOT, markdown_table, write_results
+from benchmarks.common import RESULTS, ROOT, markdown_table, rewrite_page, write_results
 
 RM_GOAL = 0.90  # held-out pair accuracy of the reward model
 N_PAIRS = 200  # held-out test pairs scored, when --n is not given
@@ -498,7 +499,13 @@ def main() -> None:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 1-2 steps or iterations, 4 pairs / problems, nothing written"
     )
+    p.add_argument("--render", action="store_true", help="only redraw the page and plots from the JSON")
     args = p.parse_args()
+    if args.render:
+        data = json.loads((RESULTS / "align.json").read_text())
+        align_rl.draw_plots(data["parts"], RESULTS)
+        rewrite_page("align", *render(data))
+        return
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if args.quick:
         args.n, args.n_gen, args.max_new_tokens, args.step_repeats = 4, 4, 24, 1
