@@ -57,7 +57,7 @@ from lmstack.generate.rollout import pad_completions
 from lmstack.generate.sampling import GenerationConfig
 from lmstack.models.decoder import DecoderLM
 from lmstack.tokenizer import Tokenizer
-from lmstack.train.loop import _progress, rng_state, set_rng_state
+from lmstack.train.loop import progress_bar, rng_state, set_rng_state
 from lmstack.train.metrics import MetricsLog
 from lmstack.weights.checkpoint import (
     latest_good_checkpoint,
@@ -208,7 +208,7 @@ def train_online(run: OnlineRun, log: Callable[[str], None] = print) -> dict[str
     run_start = time.perf_counter()
     if start == 0 and val is not None:
         metrics.log(clean({"step": 0, **validate()}))
-    with _progress(rl.progress) as bar:
+    with progress_bar(rl.progress) as bar:
         task = bar.add_task("train", total=rl.iterations, completed=start, info="")
         for it in range(start + 1, rl.iterations + 1):
             t0 = time.perf_counter()

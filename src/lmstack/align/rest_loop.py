@@ -54,7 +54,7 @@ from lmstack.finetune.recipe import DatasetConfig, FinetuneData, FinetuneRecipe,
 from lmstack.generate.engine import Engine
 from lmstack.generate.sampling import GenerationConfig
 from lmstack.process_group import device_for_rank
-from lmstack.train.loop import TrainConfig, _progress, train
+from lmstack.train.loop import TrainConfig, progress_bar, train
 from lmstack.train.metrics import MetricsLog, read_metrics
 from lmstack.weights.checkpoint import load_weights, resolve_checkpoint
 
@@ -119,7 +119,7 @@ def grow(run: RestRun, engine: Engine, iteration: int, path: Path) -> tuple[list
     index = pair_indices(len(run.train), rl.prompts_per_iteration or len(run.train), iteration - 1, rl.seed)
     batch = run.train.subset(index)
     cfg = GenerationConfig(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, stop_token_ids=batch.stop)
-    with _progress(rl.progress) as bar:
+    with progress_bar(rl.progress) as bar:
         task = bar.add_task("grow", total=len(batch) * rl.samples_per_prompt, info=f"iteration {iteration}")
         out = sample(
             engine,

@@ -150,7 +150,9 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """The training progress bar (step n/N, time left, the latest loss): one look for `lmstack train`,
+    `finetune` and `align` runs; `enabled=False` draws nothing (non-main ranks, `progress: false`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
@@ -270,7 +272,7 @@ def _train(job: TrainingJob, cfg: TrainConfig, run_dir: Path, log: Callable[[str
     if start_step == 0:  # the untrained baseline, so every curve shows how far training moved it
         summary["initial_val_loss"] = run_eval()
         log_record({"step": 0, "val_loss": round(summary["initial_val_loss"], 6)})
-    with _progress(cfg.progress and ctx.is_main) as bar:
+    with progress_bar(cfg.progress and ctx.is_main) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=start_step, info="")
         for step in range(start_step, cfg.steps):
             for cb in callbacks:
