@@ -29,6 +29,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ class Server:
 
     def __init__(self, name: str, cmd: list[str], port: int, model: str, env: dict[str, str] | None = None):
         self.name, self.cmd, self.port, self.model = name, cmd, port, model
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"lmstack-bench-{name.replace(' ', '_')}.log"
+        self.log = Path(tempfile.gettempdir()) / f"lmstack-bench-{name.replace(' ', '_')}.log"
         self.proc = subprocess.Popen(
             cmd,
             stdout=self.log.open("w"),
