@@ -8,6 +8,7 @@ completions it sampled. Training is the shipped recipe run by `run_align`; scori
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -238,8 +239,6 @@ def part_ppo(args: argparse.Namespace) -> dict[str, Any]:
 
 def rest_part(part: str, path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """A ReST recipe's every iteration (0: the SFT start) scored, with the completions sampled up to it."""
-    import json
-
     from lmstack.align.rest_loop import completed
 
     recipe, record = recipe_run(part, path, args, rl_overrides(args, "rest"))
@@ -287,9 +286,10 @@ def part_grpo(args: argparse.Namespace) -> dict[str, Any]:
     overrides = ["rl.keep_checkpoints=0", *rl_overrides(args, "grpo")]  # the curve needs each checkpoint
     recipe, record = recipe_run("grpo", GRPO_RECIPE, args, overrides)
     start = start_of(recipe, log_for("grpo"))
-    records = [r for r in read_metrics(recipe.run_dir / "metrics.jsonl") if "reward" in r]
+    logged = read_metrics(recipe.run_dir / "metrics.jsonl")
+    records = [r for r in logged if "reward" in r]
     samples = dict(zip((r["step"] for r in records), cumulative([r["reward/calls"] for r in records])))
-    val = {r["step"]: r["val_accuracy"] for r in read_metrics(recipe.run_dir / "metrics.jsonl") if "val_accuracy" in r}
+    val = {r["step"]: r["val_accuracy"] for r in logged if "val_accuracy" in r}
     points = [{"iteration": 0, "samples": 0, "policy": start[0], "val_accuracy": val.get(0)}]
     for ckpt in list_checkpoints(recipe.run_dir):
         it = int(ckpt.name.split("-")[-1])
