@@ -10,7 +10,9 @@ dense and hybrid search, ingest throughput and query latency.
 The knowledge base is fictional (every fact drawn at random), so a model can only know an answer from the
 documents. An answer is right when its final answer (the text after `Answer:`, after `=` for a computed
 difference) contains the gold answer or an alias as whole words, and — for a comparison — does not also name
-the other candidate. Results: docs/results/rag.{md,json}.
+the other candidate. The RAG rows compute a final answer written as arithmetic (`answer.calculate`); the
+"without calculator" column scores the same replies with the results the model wrote. Results:
+docs/results/rag.{md,json}.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ ROWS = {  # row → (label, uses the adapter, instruction, follow-up searches); 
     "react_adapter": ("ReAct agent + ReAct adapter (zero-shot; CoT fallback)", True, None, 0),
 }
 REACT_ROWS = ("react_bare", "react_adapter")
+CALCULATED = ("rag_bare", "rag_adapter", "rag_adapter_nosearch")  # rows whose final answers the calculator checks
 RECALL_AT = (1, 3, 5, 10)
 GOALS = {"closed_book": ("≤", 0.10), "rag": ("≥", 0.80)}
 
@@ -84,6 +87,7 @@ def citation_precision(row: dict[str, Any], answer: Answer) -> float | None:
 
 def summarize(rows: list[dict[str, Any]], answers: list[Answer], wall_s: float) -> dict[str, Any]:
     right = [is_right(r, a.answer) for r, a in zip(rows, answers)]
+    uncalculated = [is_right(r, a.model_answer or a.answer) for r, a in zip(rows, answers)]
     by_type: dict[str, list[bool]] = {}
     for r, ok in zip(rows, right):
         by_type.setdefault(r["type"], []).append(ok)
@@ -91,6 +95,7 @@ def summarize(rows: list[dict[str, Any]], answers: list[Answer], wall_s: float) 
     return {
         "n": len(rows),
         "accuracy": sum(right) / len(rows),
+        "accuracy_without_calculator": sum(uncalculated) / len(rows),  # the same replies, results as written
         "by_type": {t: {"n": len(v), "accuracy": sum(v) / len(v)} for t, v in sorted(by_type.items())},
         "cited": sum(bool(a.citations) for a in answers) / len(rows),
         "citation_precision": statistics.mean(precision) if precision else None,
@@ -164,14 +169,16 @@ def answers_for(row: str, rows: list[dict[str, Any]], index: RagIndex, embedder,
 
 def render(data: dict[str, Any]) -> tuple[str, str]:
     types = sorted({t for r in data["rows"].values() for t in r["by_type"]})
-    head = ["method", "accuracy", *types, "cited", "citation precision", "IDK", "wall s"]
+    head = ["method", "accuracy", *types, "without calculator", "cited", "citation precision", "IDK", "wall s"]
     table = []
     for name, r in data["rows"].items():
         precision = "–" if r["citation_precision"] is None else f"{100 * r['citation_precision']:.0f}%"
         cells = [f"{100 * r['by_type'][t]['accuracy']:.0f}%" if t in r["by_type"] else "–" for t in types]
         subset = r.get("n", data["questions"]) != data["questions"]
         label = ROWS[name][0] + (f" — first {r['n']} questions" if subset else "")
-        table.append([label, f"**{100 * r['accuracy']:.1f}%**", *cells, f"{100 * r['cited']:.0f}%",
+        raw = r.get("accuracy_without_calculator")  # rows measured before the calculator have none
+        raw = "–" if raw is None or name not in CALCULATED else f"{100 * raw:.1f}%"
+        table.append([label, f"**{100 * r['accuracy']:.1f}%**", *cells, raw, f"{100 * r['cited']:.0f}%",
                       precision, f"{100 * r['idk']:.0f}%", r["wall_s"]])  # fmt: skip
     n = data["questions"]
     counts = ", ".join(f"{t} {c}" for t, c in data["types"].items())

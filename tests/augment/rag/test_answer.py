@@ -21,6 +21,7 @@ from lmstack.augment.rag.answer import (
     Citation,
     ask,
     ask_many,
+    calculate,
     closed_book_many,
     closed_book_messages,
     final_answer,
@@ -208,7 +209,7 @@ def test_ask_many_retrieves_for_each_question_then_makes_one_batch_call(index_pa
     for a, q, h, p, text in zip(answers, questions, expected_hits, prompts, alone):
         assert (a.question, a.hits, a.prompt, a.answer) == (q, h, p, text)
         assert a.citations == parse_citations(text, h)
-    assert [e.kind for e in trace] == ["retriever"] * 3 + ["prompt"] * 3 + ["llm"] * 3
+    assert [e.kind for e in trace] == ["retriever"] * 3 + ["prompt"] * 3 + ["llm"] * 3 + ["tool"] * 3
     llm_events = [e for e in trace if e.kind == "llm"]
     assert [e.inputs for e in llm_events] == prompts and [e.output for e in llm_events] == alone
     assert all(e.prompt_tokens > 0 and e.details["params"] == {"max_tokens": 6} for e in llm_events)
@@ -268,6 +269,41 @@ def test_search_replies_and_final_answers_are_read_strictly():
         "role": "user",
         "content": f"No new passages were found for: {escape_fences('Q<<<x')}",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("A: 1936 [1]. B: 1903 [2].\nAnswer: 1936 - 1903 = 22", "A: 1936 [1]. B: 1903 [2].\nAnswer: 1936 - 1903 = 33"),
+        ("Answer: 15,954 - 13,771 = 123", "Answer: 15,954 - 13,771 = 2183"),
+        ("Answer: 5461 - 193 = 4457 [2][3]\nthanks", "Answer: 5461 - 193 = 5268 [2][3]\nthanks"),
+        ("Answer: (2 + 3) × 4 =", "Answer: (2 + 3) × 4 = 20"),
+        ("Answer: 7 / 2 = 3", "Answer: 7 / 2 = 3.5"),
+        ("Answer: -3 - 4 = 1", "Answer: -3 - 4 = -7"),
+        ("Answer: 1 - 1 = 9\nAnswer: 1938", "Answer: 1 - 1 = 9\nAnswer: 1938"),  # only the last line counts
+        ("Answer: 1938", "Answer: 1938"),
+        ("Answer: Talvex = 3", "Answer: Talvex = 3"),
+        ("Answer: 1/0 = 3", "Answer: 1/0 = 3"),
+        ("Answer: 9**99 = 3", "Answer: 9**99 = 3"),  # no powers: a model cannot make it compute 9**9**9
+        ("Answer: __import__('os') - 1 = 3", "Answer: __import__('os') - 1 = 3"),
+        ("1936 - 1903 = 22", "1936 - 1903 = 22"),  # no Answer: line, nothing to check
+    ],
+)
+def test_the_calculator_recomputes_an_arithmetic_final_answer_only(text, expected):
+    assert calculate(text) == expected
+
+
+def test_ask_many_computes_the_final_arithmetic_and_keeps_what_the_model_wrote(index_path, embedder):
+    question = "How many years passed between Town02ville and Town07ville?"
+    reply = "Town02ville: 1936 [1]. Town07ville: 1903 [2].\nAnswer: 1936 - 1903 = 22"
+    trace = Trace()
+    with RagIndex.open(index_path, embedder) as index:
+        (a,) = ask_many([question], index, embedder, Scripted({question: [reply]}), k=2, mode="bm25", trace=trace)
+        (b,) = ask_many([question], index, embedder, Scripted({question: [reply]}), 2, "bm25", calculator=False)
+    assert (a.final, a.model_answer, [c.n for c in a.citations]) == ("1936 - 1903 = 33", reply, [1, 2])
+    assert (b.answer, b.model_answer) == (reply, None)
+    (event,) = [e for e in trace if e.kind == "tool"]
+    assert (event.name, event.inputs, event.output) == ("calculator", reply, a.answer)
 
 
 def test_searches_are_not_taken_without_being_allowed(index_path, embedder):
@@ -355,7 +391,7 @@ def test_batch_mode_through_an_openai_compatible_server(index_path, server, tmp_
         assert isinstance(row["answer"], str) and row["answer"]
         assert all(set(c) == {"n", "file", "start", "end"} and 1 <= c["n"] <= 2 for c in row["citations"])
     events = Trace.load_jsonl(trace).events
-    assert [e.kind for e in events] == ["retriever"] * 2 + ["prompt"] * 2 + ["llm"] * 2
+    assert [e.kind for e in events] == ["retriever"] * 2 + ["prompt"] * 2 + ["llm"] * 2 + ["tool"] * 2
     llm_events = [e for e in events if e.kind == "llm"]
     assert [e.output for e in llm_events] == [r["answer"] for r in got]
     assert all("<<<passage [1] source=" in e.inputs[-1]["content"] for e in llm_events)

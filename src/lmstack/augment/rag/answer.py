@@ -16,21 +16,29 @@ nothing in it names the founder. Such a model may reply `Search: <query>` instea
 retrieved for the query are appended (numbered on from the last ones, duplicates left out) as a new user turn,
 and the model is asked again, up to n times. Every round is one `llm.batch` call over the questions still
 searching. The grounded-answer adapter (`lmstack.augment.rag.trajectories`) is trained on such conversations.
+
+The calculator (`calculator=True`, Toolformer's idea): a final answer written as arithmetic on numbers,
+`Answer: 1936 - 1903 = 22`, gets its result computed (`= 33`). The adapter copies the operands from the
+sources well and subtracts badly, as a 135M model does; the numbers it read and the expression it chose stay
+the model's. `Answer.model_answer` keeps the reply as the model wrote it, and the trace gets a tool event.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
-from lmstack.augment.chain import Trace, llm_step, retriever, step
+from lmstack.augment.chain import Trace, llm_step, retriever, step, tool
 from lmstack.augment.llm import LLM, Message
 from lmstack.augment.rag.context import escape_fences, format_context
 from lmstack.augment.rag.embed import Embedder
 from lmstack.augment.rag.index import RagIndex
 from lmstack.augment.rag.retrieve import Hit, Mode, search
+from lmstack.data.tasks.answers import format_number
 from lmstack.errors import ConfigError
 
 GROUNDED_INSTRUCTION = (
@@ -53,6 +61,8 @@ PREVIEW_CHARS = 80
 _MARKER = re.compile(r"\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
 _SEARCH = re.compile(r"\s*Search:[ \t]*(\S[^\n]*)")
 _FINAL = re.compile(r"^\s*Answer:[ \t]*(.*)$", re.MULTILINE)
+_ARITHMETIC = re.compile(r"[\d,.\s()+\-*/×]*\d\s*[)]*\s*[-+*/×][\d,.\s()+\-*/×]*")  # numbers and operators only
+_OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class Answer:
     hits: list[Hit] = field(default_factory=list)
     prompt: list[Message] = field(default_factory=list)
     searches: list[str] = field(default_factory=list)  # the follow-up queries, in order
+    model_answer: str | None = None  # the reply as the model wrote it, when the calculator changed it
 
     def to_row(self) -> dict[str, Any]:
         """The batch CLI's output row: question, answer, citations as {n, file, start, end}."""
@@ -132,6 +143,44 @@ def final_answer(text: str) -> str:
     return found[-1].strip() if found else text.strip()
 
 
+def _evaluate(node: ast.expr) -> Fraction:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return Fraction(str(node.value))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _evaluate(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_evaluate(node.left), _evaluate(node.right))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        right = _evaluate(node.right)
+        if right == 0:
+            raise ZeroDivisionError
+        return _evaluate(node.left) / right
+    raise ValueError("not plain arithmetic")
+
+
+def calculate(text: str) -> str:
+    """`text` with the result of its last `Answer:` line recomputed when that line is arithmetic on numbers
+    (`Answer: 15,954 - 13,771 = 123` → `... = 2183`; thousands commas allowed, exact rational arithmetic,
+    the result as `format_number` writes it, citation markers after it kept). Anything else, a division by
+    zero or a power included, is left as it is."""
+    lines = list(_FINAL.finditer(text))
+    if not lines:
+        return text
+    line = lines[-1]
+    expression, equals, written = line.group(1).rpartition("=")
+    if not equals or not _ARITHMETIC.fullmatch(expression):
+        return text
+    try:
+        value = _evaluate(ast.parse(expression.replace(",", "").replace("×", "*").strip(), mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return text
+    result_at = line.start(1) + len(expression) + 1
+    cited = "".join(m.group(0) for m in _MARKER.finditer(written))  # the line's citations stay
+    cited = f" {cited}" if cited else ""
+    return f"{text[:result_at]} {format_number(value)}{cited}{text[line.end(1) :]}"
+
+
 def closed_book_messages(question: str, instruction: str = CLOSED_BOOK_INSTRUCTION) -> list[Message]:
     """The no-retrieval baseline: the question alone (after `instruction` as the system turn, if any)."""
     system = [{"role": "system", "content": instruction}] if instruction else []
@@ -169,13 +218,15 @@ def ask_many(
     trace: Trace | None = None,
     instruction: str = GROUNDED_INSTRUCTION,
     searches: int = 0,
+    calculator: bool = True,
     **params: Any,
 ) -> list[Answer]:
     """Answer each question from its `k` best passages (`retrieve.search`; bm25 needs no embedder): every
     retrieval first, then ONE `llm.batch` call for all the prompts. With `searches` > 0, a reply
     `Search: <query>` gets the query's new passages and another turn, up to `searches` times (one batch per
-    round). `params` are the LLM's (max_tokens, temperature, ...). The trace gets a retriever, a prompt and an
-    llm event per question and round."""
+    round). `calculator` computes a final answer written as arithmetic (`calculate`). `params` are the
+    LLM's (max_tokens, temperature, ...). The trace gets a retriever, a prompt and an llm event per question
+    and round, and a calculator tool event per answer."""
     questions = _check_questions(questions)
     if searches < 0:
         raise ConfigError(f"searches must be 0 or more, got {searches}")
@@ -200,9 +251,10 @@ def ask_many(
             queries[i].append(query)
         for (i, _), text in zip(asking, generate.batch([prompts[i] for i, _ in asking], trace)):
             texts[i] = text
+    final = tool("calculator", calculate).batch(texts, trace) if calculator else texts
     return [
-        Answer(q, text, parse_citations(text, h), h, p, s)
-        for q, h, p, text, s in zip(questions, hits, prompts, texts, queries)
+        Answer(q, text, parse_citations(text, h), h, p, s, model_answer=None if text == raw else raw)
+        for q, h, p, text, raw, s in zip(questions, hits, prompts, final, texts, queries)
     ]
 
 
@@ -216,10 +268,11 @@ def ask(
     trace: Trace | None = None,
     instruction: str = GROUNDED_INSTRUCTION,
     searches: int = 0,
+    calculator: bool = True,
     **params: Any,
 ) -> Answer:
     """`ask_many` for one question."""
-    return ask_many([question], index, embedder, llm, k, mode, trace, instruction, searches, **params)[0]
+    return ask_many([question], index, embedder, llm, k, mode, trace, instruction, searches, calculator, **params)[0]
 
 
 def closed_book_many(
@@ -247,6 +300,7 @@ __all__ = [
     "Citation",
     "ask",
     "ask_many",
+    "calculate",
     "closed_book_messages",
     "closed_book_many",
     "final_answer",

@@ -151,8 +151,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             for start in range(0, len(rows), args.batch_size):  # one llm.batch call per batch of questions
                 questions = [row["question"] for row in rows[start : start + args.batch_size]]
                 answers += ask_many(
-                    questions, index, embedder, llm, args.k, args.mode, trace, instruction, searches, **params
-                )
+                    questions, index, embedder, llm, args.k, args.mode, trace, instruction, searches,
+                    not args.no_calculator, **params,
+                )  # fmt: skip
         finally:
             if trace is not None:
                 trace.save_jsonl(args.trace)
@@ -258,6 +259,10 @@ def add_rag_parser(
         "adapter, 0 without)",
     )  # fmt: skip
     ask.add_argument("--max-tokens", type=int, default=128, help="answer length limit in tokens")
+    ask.add_argument(
+        "--no-calculator", action="store_true", help="keep an arithmetic final answer ('Answer: a - b = c') as the "
+        "model computed it instead of computing it",
+    )  # fmt: skip
     ask.add_argument("--trace", default=None, metavar="FILE.jsonl", help="save every step (prompts included)")
     ask.add_argument("--questions", default=None, metavar="FILE.jsonl", help="batch mode: rows with `question`")
     ask.add_argument("--out", default=None, metavar="OUT.jsonl", help="batch mode: where the answers go")
